@@ -1,0 +1,64 @@
+"""Frozen settings of a run; built once from the command line, never mutated."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def flywheel_home() -> Path:
+    """Bootstrap's own home: FLYWHEEL_HOME, default ~/.flywheel."""
+    return Path(os.environ.get("FLYWHEEL_HOME") or "~/.flywheel").expanduser()
+
+
+_COUNTS = frozenset({"fetch_tries", "max_restarts"})
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Every time-based behaviour, in seconds, so tests can shrink it."""
+
+    heartbeat_interval: float = 30.0
+    codex_timeout: float | None = None
+    # SIGTERM to Codex's process group, then SIGKILL after this long.
+    kill_grace: float = 10.0
+    # How long a cancelled run may spend flushing the spool before exiting.
+    flush_timeout: float = 15.0
+    # A worker whose liveness tick is older than this is killed and replaced.
+    liveness_timeout: float = 10.0
+    # Capped exponential backoff for telemetry calls.
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    # Bootstrap fetch: about 6 tries from 0.5 s.
+    fetch_tries: int = 6
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    # A worker that keeps dying is given up on after this many restarts in a row.
+    max_restarts: int = 10
+
+    @classmethod
+    def from_env(cls, **overrides: float | int | None) -> "Timing":
+        """Defaults, then FLYWHEEL_TIMING_<FIELD> variables (tests shrink timings
+        this way), then explicit overrides from the command line."""
+        values: dict[str, float | int | None] = {}
+        for name in cls.__dataclass_fields__:
+            raw = os.environ.get(f"FLYWHEEL_TIMING_{name.upper()}")
+            if raw:
+                values[name] = int(raw) if name in _COUNTS else float(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """One run as the user asked for it (before the config file is read)."""
+
+    run_id: str
+    token: str = field(repr=False)
+    config_path: Path
+    server: str = "http://localhost:8000"
+    gpus: tuple[str, ...] = ()
+    timing: Timing = field(default_factory=Timing)
+    home: Path = field(default_factory=flywheel_home)
+    mock: bool = False

@@ -1,0 +1,1 @@
+"""Worker processes of a run: heartbeat, log-shipper, artifact-watcher."""
