@@ -1,0 +1,216 @@
+"""Keeps a run's worker processes alive: spawns them, reaps the dead, replaces
+the hung, and gives up on one that keeps dying (after gunicorn's arbiter).
+
+Each incarnation of a worker gets fresh queues: a process SIGKILLed in the
+middle of a queue operation can leave that queue's lock held or its pipe holding
+half a message, so a queue is never reused across a death. Commands marked
+`sticky` are replayed to the new incarnation, which is how a replacement learns
+what its predecessor was asked to do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
+
+from supervisor.settings import Timing
+from workers.runtime import Channels, run_worker
+
+# A worker that lived this long before dying is not "dying instantly".
+STABLE_AFTER = 5.0
+LIVENESS_CHECK_EVERY = 0.5
+
+
+class WorkerGaveUp(Exception):
+    def __init__(self, name: str, restarts: int, last_exit: str) -> None:
+        super().__init__(f"the {name} worker kept dying ({restarts} restarts in a row, last: {last_exit})")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    name: str
+    target: Callable[..., None]  # target(mailbox, *args), run in the child
+    args: tuple[Any, ...] = ()
+
+
+@dataclass
+class _Slot:
+    spec: WorkerSpec
+    process: Any = None
+    channels: Channels | None = None
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float | None = None
+    sticky: list[tuple[Any, ...]] = field(default_factory=list)
+    last_exit: str = ""
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Arbiter:
+    def __init__(
+        self,
+        mp: Any,
+        specs: Iterable[WorkerSpec],
+        timing: Timing,
+        state_dir: Path,
+        codex_pgid: Any,
+        notify: Callable[[str], None],
+    ) -> None:
+        self.mp = mp
+        self.timing = timing
+        self.state_dir = state_dir
+        self.codex_pgid = codex_pgid
+        self.notify = notify  # one line about a restart, for the user and the log
+        self.slots = {s.name: _Slot(s) for s in specs}
+        self._next_liveness_check = 0.0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        for slot in self.slots.values():
+            self._spawn(slot)
+
+    def _spawn(self, slot: _Slot) -> None:
+        channels = Channels(
+            name=slot.spec.name,
+            commands=self.mp.SimpleQueue(),
+            events=self.mp.SimpleQueue(),
+            liveness=self.mp.Value("d", time.monotonic(), lock=False),
+            codex_pgid=self.codex_pgid,
+            parent_pid=os.getpid(),
+        )
+        log_path = self.state_dir / f"worker-{slot.spec.name}.log"
+        proc = self.mp.Process(
+            target=run_worker,
+            args=(slot.spec.target, channels, log_path, *slot.spec.args),
+            name=f"flywheel-{slot.spec.name}",
+            daemon=True,
+        )
+        proc.start()
+        slot.process, slot.channels = proc, channels
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+        for message in slot.sticky:
+            channels.commands.put(message)
+
+    def send(self, name: str, *message: Any, sticky: bool = False) -> None:
+        slot = self.slots[name]
+        if sticky:
+            slot.sticky.append(message)
+        if slot.channels is not None and slot.restart_at is None:
+            slot.channels.commands.put(message)
+
+    def pid(self, name: str) -> int | None:
+        proc = self.slots[name].process
+        return proc.pid if proc is not None else None
+
+    def stop(self, names: Iterable[str] | None = None, timeout: float = 5.0) -> None:
+        """Ask workers to stop, then make sure they have."""
+        chosen = [self.slots[n] for n in (names or list(self.slots))]
+        for slot in chosen:
+            slot.sticky.clear()
+            slot.restart_at = None
+            if slot.process is not None and slot.process.exitcode is None and slot.channels is not None:
+                slot.channels.commands.put(("stop",))
+        deadline = time.monotonic() + timeout
+        for slot in chosen:
+            if slot.process is None:
+                continue
+            slot.process.join(max(0.0, deadline - time.monotonic()))
+            if slot.process.exitcode is None:
+                slot.process.kill()
+                slot.process.join(1.0)
+            slot.process = None
+            slot.channels = None
+
+    # -- supervision -----------------------------------------------------------
+
+    def poll(self, timeout: float, extra: Iterable[Any] = ()) -> list[tuple[str, tuple[Any, ...]]]:
+        """Wait up to `timeout` for worker events, deaths or one of `extra`
+        becoming readable; then reap, restart and check liveness. Returns the
+        events that arrived as (worker name, message)."""
+        now = time.monotonic()
+        waits: list[Any] = list(extra)
+        wake_at = now + timeout
+        for slot in self.slots.values():
+            if slot.restart_at is not None:
+                wake_at = min(wake_at, slot.restart_at)
+            elif slot.process is not None:
+                waits += [slot.channels.events._reader, slot.process.sentinel]
+        wake_at = min(wake_at, self._next_liveness_check)
+        wait_ready(waits, timeout=max(0.0, wake_at - now))
+        events = self._collect()
+        self._reap()
+        if time.monotonic() >= self._next_liveness_check:
+            self._check_liveness()
+            self._next_liveness_check = time.monotonic() + LIVENESS_CHECK_EVERY
+        return events
+
+    def _collect(self) -> list[tuple[str, tuple[Any, ...]]]:
+        events = []
+        for name, slot in self.slots.items():
+            if slot.channels is None or slot.restart_at is not None:
+                continue
+            reader = slot.channels.events._reader
+            try:
+                while reader.poll(0):
+                    events.append((name, slot.channels.events.get()))
+            except (EOFError, OSError, ValueError):
+                pass  # half a message from a worker killed mid-put: the queue dies with it
+        return events
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots.values():
+            if slot.restart_at is not None:
+                if now >= slot.restart_at:
+                    self._spawn(slot)
+                continue
+            if slot.process is None or slot.process.exitcode is None:
+                continue
+            self._schedule_restart(slot, describe_exit(slot.process.exitcode))
+
+    def _schedule_restart(self, slot: _Slot, why: str) -> None:
+        now = time.monotonic()
+        slot.last_exit = why
+        lived = now - slot.started_at
+        slot.quick_deaths = 0 if lived >= STABLE_AFTER else slot.quick_deaths + 1
+        if slot.quick_deaths > self.timing.max_restarts:
+            raise WorkerGaveUp(slot.spec.name, slot.quick_deaths, why)
+        delay = 0.0 if slot.quick_deaths <= 1 else min(2.0, 0.05 * 2**slot.quick_deaths)
+        self.notify(f"{slot.spec.name} worker {why}; starting a new one")
+        slot.process.join(0)
+        slot.process = None
+        slot.channels = None
+        slot.restart_at = now + delay
+        if delay == 0.0:
+            self._spawn(slot)
+
+    def _check_liveness(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots.values():
+            if slot.process is None or slot.restart_at is not None or slot.process.exitcode is not None:
+                continue
+            silent = now - slot.channels.liveness.value
+            if silent > self.timing.liveness_timeout:
+                slot.process.kill()  # SIGKILL also ends a SIGSTOPped process
+                slot.process.join(2.0)
+                self._schedule_restart(slot, f"silent for {silent:.1f} s (hung)")

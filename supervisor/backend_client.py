@@ -1,0 +1,169 @@
+"""The Flywheel backend protocol (SPEC section 6) over one kept-alive session.
+
+Two kinds of call: the bootstrap fetch, which gives up after a few tries and maps
+refusals to exit statuses, and telemetry posts, which never give up on their own:
+the caller decides how long it may keep trying (`keep_trying`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import requests
+
+from supervisor.backoff import backoff_delay
+from supervisor.errors import BackendUnavailable, ConfigError
+from supervisor.settings import Timing
+
+RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
+
+
+def validate_server_url(url: str) -> str:
+    """The base URL without a trailing slash, or a ConfigError naming it."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--server {url!r} is not a valid backend URL: expected http://HOST[:PORT] "
+            "or https://HOST[:PORT], e.g. http://localhost:8000"
+        )
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"--server {url!r} has an invalid port number") from None
+    if parts.query or parts.fragment:
+        raise ConfigError(f"--server {url!r} must not have a query string or fragment")
+    return url.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one telemetry call ended with. `status` 0 means it was never answered."""
+
+    status: int
+    body: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        return "could not connect"
+    return type(exc).__name__
+
+
+class Backend:
+    """One run's view of the backend. Not shared between processes: each worker
+    makes its own (a requests.Session must not cross a fork)."""
+
+    def __init__(self, server: str, run_id: str, token: str, timing: Timing) -> None:
+        self.base = f"{server}/runs/{run_id}"
+        self.timing = timing
+        self._timeout = (timing.connect_timeout, timing.read_timeout)
+        self._session = requests.Session()
+        self._session.headers.update(
+            {"X-Run-Token": token, "Content-Type": "application/json", "Accept": "application/json"}
+        )
+        self._session.trust_env = False  # a proxy env var must not reroute loopback traffic
+        # No automatic redirects: a redirect could carry the token to another host.
+        self._session.max_redirects = 0
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def post_once(self, path: str, body: bytes | dict[str, Any]) -> Answer:
+        """One attempt. Transport failures come back as Answer(0) with no exception."""
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        try:
+            r = self._session.post(self.base + path, data=data, timeout=self._timeout, allow_redirects=False)
+        except requests.RequestException:
+            return Answer(0)
+        return Answer(r.status_code, r.content)
+
+    def post(
+        self,
+        path: str,
+        body: bytes | dict[str, Any],
+        keep_trying: Callable[[], bool] = lambda: True,
+        sleep: Callable[[float], bool] | None = None,
+    ) -> Answer:
+        """Post until answered with a status that is not worth retrying, or until
+        `keep_trying()` says stop. `sleep(seconds)` waits between tries and may
+        return True to abandon early (e.g. a stop command arrived)."""
+        attempt = 0
+        while True:
+            answer = self.post_once(path, body)
+            if answer.status and answer.status not in RETRYABLE_STATUS:
+                return answer
+            if not keep_trying():
+                return answer
+            delay = backoff_delay(attempt, self.timing.backoff_base, self.timing.backoff_cap)
+            attempt += 1
+            if sleep is not None:
+                if sleep(delay):
+                    return answer
+            else:
+                time.sleep(delay)
+
+    def fetch_bootstrap(self, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any] | None:
+        """The run's payload, or None when another bootstrap already claimed it (409).
+
+        Retries connection errors, timeouts and 5xx a few times, then gives up with
+        exit 3; 401/403/404 are final at once."""
+        last = ""
+        for attempt in range(self.timing.fetch_tries):
+            if attempt:
+                sleep(backoff_delay(attempt - 1, self.timing.backoff_base, self.timing.backoff_cap))
+            try:
+                r = self._session.get(self.base + "/bootstrap", timeout=self._timeout, allow_redirects=False)
+            except requests.RequestException as exc:
+                last = _describe(exc)
+                continue
+            if r.status_code == 409:
+                return None
+            if r.status_code in (401, 403):
+                raise BackendUnavailable(
+                    f"the backend refused the run token (HTTP {r.status_code}) for {self.base}/bootstrap; "
+                    "check --token / FLYWHEEL_RUN_TOKEN and the run id"
+                )
+            if r.status_code == 404:
+                raise BackendUnavailable(
+                    f"the backend does not know this run (HTTP 404 for {self.base}/bootstrap); "
+                    "check --run-id and --server"
+                )
+            if r.status_code in RETRYABLE_STATUS:
+                last = f"HTTP {r.status_code}"
+                continue
+            if r.status_code != 200:
+                raise BackendUnavailable(f"unexpected HTTP {r.status_code} from {self.base}/bootstrap")
+            try:
+                payload = orjson.loads(r.content)["payload"]
+                if not isinstance(payload, dict) or not isinstance(payload.get("prompt"), str):
+                    raise TypeError
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise BackendUnavailable(
+                    f"the backend's answer from {self.base}/bootstrap is not a bootstrap payload "
+                    '(expected {"payload": {"prompt": "...", ...}})'
+                ) from None
+            return payload
+        raise BackendUnavailable(
+            f"could not fetch the run from {self.base}/bootstrap after {self.timing.fetch_tries} tries "
+            f"(last: {last}); is the backend up and --server right?"
+        )

@@ -1,0 +1,143 @@
+"""The `flywheel-bootstrap` command line (SPEC section 2)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from supervisor import __version__
+from supervisor.errors import EXIT_OK, EXIT_SIGINT, EXIT_USAGE, BootstrapError, ConfigError
+from supervisor.settings import RunSettings, Timing, flywheel_home
+
+DEFAULT_SERVER = "http://localhost:8000"
+
+
+def say(line: str) -> None:
+    click.echo(f"flywheel-bootstrap: {line}", err=True)
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be a positive number of seconds, not {value:g}")
+    return value
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_single(run_id: str, token: str, config: Path, server: str, timing: Timing) -> int:
+    from supervisor.backend_client import Backend
+    from supervisor.preflight import prepare
+    from supervisor.run import supervise
+
+    settings = RunSettings(
+        run_id=run_id, token=token, config_path=config, server=server, timing=timing,
+        home=flywheel_home(), mock=bool(os.environ.get("BOOTSTRAP_MOCK_CODEX")),
+    )
+    prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"))
+    with Backend(prep.server, run_id, token, timing) as backend:
+        payload = backend.fetch_bootstrap()
+    if payload is None:
+        say(f"warning: run {run_id} was already claimed by another bootstrap (HTTP 409); nothing to do")
+        return EXIT_OK
+    return supervise(prep, payload, say)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--run-id", envvar="FLYWHEEL_RUN_ID", help="Run id (env FLYWHEEL_RUN_ID).")
+@click.option("--token", envvar="FLYWHEEL_RUN_TOKEN", show_envvar=False,
+              help="The run's token (env FLYWHEEL_RUN_TOKEN — preferred: arguments are visible in `ps`).")
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=True),
+              help="Path to your Codex config.toml (required; the default for every line of --runs).")
+@click.option("--server", envvar="FLYWHEEL_SERVER", default=DEFAULT_SERVER, show_default=True,
+              help="Flywheel backend base URL (env FLYWHEEL_SERVER).")
+@click.option("--runs", "runs_file", metavar="FILE", help="Run many runs from FILE ('-' = stdin); see README.")
+@click.option("--max-parallel", type=click.IntRange(min=1), help="At most N runs at a time.")
+@click.option("--gpus-per-run", type=click.IntRange(min=1), help="Give each run K GPUs (CUDA_VISIBLE_DEVICES).")
+@click.option("--heartbeat-interval", type=float, envvar="FLYWHEEL_HEARTBEAT_INTERVAL", callback=_positive,
+              help="Seconds between heartbeats [default: 30] (env FLYWHEEL_HEARTBEAT_INTERVAL).")
+@click.option("--codex-timeout", type=float, envvar="FLYWHEEL_CODEX_TIMEOUT", callback=_positive,
+              help="Stop Codex after S seconds and report an error (env FLYWHEEL_CODEX_TIMEOUT).")
+@click.version_option(__version__, prog_name="flywheel-bootstrap")
+@click.pass_context
+def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path | None, server: str,
+        runs_file: str | None, max_parallel: int | None, gpus_per_run: int | None,
+        heartbeat_interval: float | None, codex_timeout: float | None) -> None:
+    """Run Flywheel jobs with Codex on this machine.
+
+    \b
+    One run:   flywheel-bootstrap --run-id ID --config config.toml   (token in FLYWHEEL_RUN_TOKEN)
+    Many runs: flywheel-bootstrap --runs runs.txt --config config.toml
+    Try it:    flywheel-bootstrap demo
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    timing = Timing.from_env(heartbeat_interval=heartbeat_interval, codex_timeout=codex_timeout)
+    if runs_file is not None:
+        if ctx.get_parameter_source("run_id") == click.core.ParameterSource.COMMANDLINE or \
+                ctx.get_parameter_source("token") == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--runs cannot be combined with --run-id/--token (put them in the runs file)")
+        from supervisor.pool_cli import run_many
+
+        ctx.exit(run_many(runs_file, config, server, max_parallel, gpus_per_run, heartbeat_interval,
+                          codex_timeout))
+    missing = [name for name, value in (("--run-id (or FLYWHEEL_RUN_ID)", run_id),
+                                        ("--token (or FLYWHEEL_RUN_TOKEN)", token),
+                                        ("--config", config)) if not value]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)}")
+    if max_parallel is not None or gpus_per_run is not None:
+        raise click.UsageError("--max-parallel and --gpus-per-run only apply with --runs")
+    ctx.exit(run_single(run_id, token, config, server, timing))  # type: ignore[arg-type]
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--db", type=click.Path(path_type=Path), help="SQLite file [default: ~/.flywheel/backend.sqlite3].")
+def serve(host: str, port: int, db: Path | None) -> None:
+    """Start a local Flywheel backend (for trying the tool and for tests)."""
+    from supervisor.local_backend import serve as serve_forever
+
+    serve_forever(host, port, db or flywheel_home() / "backend.sqlite3", echo=lambda line: click.echo(line))
+
+
+@cli.command()
+@click.option("--folder", type=click.Path(path_type=Path), help="Where the demo keeps its files "
+              "[default: ~/.flywheel/demo].")
+@click.option("--runs", "count", default=3, show_default=True, type=click.IntRange(1, 64))
+@click.pass_context
+def demo(ctx: click.Context, folder: Path | None, count: int) -> None:
+    """Start the local backend, run a few mock runs in parallel, show the result."""
+    from supervisor.demo import run_demo
+
+    ctx.exit(run_demo(folder or flywheel_home() / "demo", count, echo=lambda line: click.echo(line)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code: Any = cli.main(args=argv, prog_name="flywheel-bootstrap", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code if exc.exit_code else EXIT_USAGE
+    except click.exceptions.Abort:
+        code = EXIT_SIGINT
+    except KeyboardInterrupt:
+        say("interrupted")
+        code = EXIT_SIGINT
+    except BootstrapError as exc:
+        say(f"error: {exc.message}")
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+__all__ = ["main", "cli", "ConfigError"]

@@ -1,0 +1,114 @@
+"""Starting and stopping Codex: the exact command lines of SPEC sections 8 and
+13, and a process group that never outlives bootstrap."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from workers.runtime import PR_SET_PDEATHSIG, kill_group, set_parent_death_signal
+
+
+def exec_argv(prefix: Sequence[str], workspace: Path, sandbox: Sequence[str]) -> list[str]:
+    """`codex exec` with the prompt on stdin (`-`)."""
+    return [*prefix, "exec", "--json", "--cd", str(workspace), "--skip-git-repo-check", *sandbox, "-"]
+
+
+def resume_argv(
+    prefix: Sequence[str], workspace: Path, sandbox: Sequence[str], thread_id: str, prompt: str
+) -> list[str]:
+    """`codex exec … resume`: after `resume`, Codex rejects `--cd` and `--sandbox`,
+    so every exec-level flag goes before it."""
+    return [*prefix, "exec", "--json", "--skip-git-repo-check", *sandbox, "--cd", str(workspace),
+            "resume", thread_id, prompt]
+
+
+def _child_setup() -> None:
+    # Runs in the child between fork and exec: if bootstrap is SIGKILLed, the
+    # kernel kills Codex too (its own children are reached through the group).
+    set_parent_death_signal(signal.SIGKILL)
+
+
+class CodexProcess:
+    """One Codex invocation, in a process group of its own."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        stdin: Path | None,
+        stdout: Path,
+        stderr: Path,
+    ) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        out = os.open(stdout, flags, 0o600)
+        err = os.open(stderr, flags, 0o600)
+        inp = os.open(stdin if stdin is not None else os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.popen = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=dict(env),
+                stdin=inp,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+                close_fds=True,
+            )
+        finally:
+            for fd in (out, err, inp):
+                os.close(fd)
+        self.pgid = self.popen.pid
+        self.started = time.monotonic()
+        try:
+            self.pidfd: int | None = os.pidfd_open(self.popen.pid)
+        except (AttributeError, OSError):
+            self.pidfd = None  # older kernels: the caller's wait times out and polls
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def waitables(self) -> list[int]:
+        return [self.pidfd] if self.pidfd is not None else []
+
+    def terminate(self, grace: float) -> int:
+        """SIGTERM to the whole group, SIGKILL after `grace` seconds."""
+        kill_group(self.pgid, signal.SIGTERM)
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill_group()
+        return self.popen.wait()
+
+    def kill_group(self) -> None:
+        """Whatever Codex left running in its group (a training job it started
+        in the background, say) must not keep holding a GPU."""
+        kill_group(self.pgid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def stderr_tail(path: Path, limit: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - limit * 4))
+            text = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return text[-limit:].strip()
+
+
+__all__ = ["CodexProcess", "exec_argv", "resume_argv", "stderr_tail", "PR_SET_PDEATHSIG"]

@@ -1,0 +1,126 @@
+"""Everything that is checked before the first request to the backend: run id,
+server URL, token, config, workspace, state folder, Codex and its login.
+
+A failure here is exit 2 (or 4 for a failed Codex download) and nothing is
+reported to the backend: the run has not been claimed yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from supervisor.backend_client import validate_server_url
+from supervisor.codex_home import prepare_codex_home
+from supervisor.config import CodexConfig, load_config, sandbox_args
+from supervisor.errors import ConfigError
+from supervisor.provision import CodexCommand, find_codex, login_ok, terminal_progress
+from supervisor.settings import RunSettings
+from supervisor.workspace import (
+    check_manifest_in_roots,
+    prepare_state_dir,
+    prepare_workspace,
+    resolve_workspace,
+    validate_run_id,
+)
+from workers.artifacts import blob_threshold_from_env
+
+LOGIN_HELP = (
+    "Codex is not logged in. Run `codex login` on this machine (or "
+    "`printenv OPENAI_API_KEY | codex login --with-api-key`), then start bootstrap again."
+)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run that passed every local check."""
+
+    settings: RunSettings
+    server: str
+    config: CodexConfig
+    workspace: Path
+    state_dir: Path
+    codex_home: Path
+    codex: CodexCommand
+    sandbox: tuple[str, ...]
+    blob_threshold: int
+    notes: tuple[str, ...] = ()  # warnings worth a log entry once the run starts
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+def check_token(token: str) -> None:
+    if not token or not token.strip():
+        raise ConfigError("the run token is empty: pass --token or set FLYWHEEL_RUN_TOKEN")
+    if any(ch.isspace() or ord(ch) < 32 for ch in token):
+        raise ConfigError("the run token contains whitespace or control characters; copy it again")
+
+
+def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str], None]) -> Prepared:
+    validate_run_id(settings.run_id)
+    server = validate_server_url(settings.server)
+    check_token(settings.token)
+    cfg = load_config(settings.config_path)
+    notes = list(cfg.warnings)
+    sandbox = tuple(sandbox_args(cfg.sandbox_mode))
+    workspace = resolve_workspace(cfg, settings.run_id, settings.home)
+    prepare_workspace(workspace)
+    check_manifest_in_roots(workspace, cfg)
+    state_dir = prepare_state_dir(settings.home, settings.run_id)
+    codex_home = prepare_codex_home(state_dir, cfg, env)
+    codex = find_codex(env, settings.home, mock=settings.mock, echo_progress=terminal_progress())
+    ok, detail = login_ok(codex, codex_home, env)
+    if not ok:
+        if cfg.model_provider and cfg.model_provider != "openai":
+            notes.append(
+                f"`codex login status` failed, going on because model_provider is {cfg.model_provider!r} "
+                "(a local or self-hosted model needs no login)"
+            )
+        else:
+            raise ConfigError(f"{LOGIN_HELP}\n(codex said: {detail.splitlines()[-1] if detail else 'nothing'})")
+    for note in notes:
+        warn(note)
+    return Prepared(
+        settings=settings,
+        server=server,
+        config=cfg,
+        workspace=workspace,
+        state_dir=state_dir,
+        codex_home=codex_home,
+        codex=codex,
+        sandbox=sandbox,
+        blob_threshold=blob_threshold_from_env(env),
+        notes=tuple(notes),
+        env=dict(env),
+    )
+
+
+def codex_env(prep: Prepared, payload: Mapping[str, object]) -> dict[str, str]:
+    """The user's environment plus what Codex and its commands need to know."""
+    s = prep.settings
+    env = dict(prep.env)
+    env.update(
+        FLYWHEEL_RUN_ID=s.run_id,
+        FLYWHEEL_RUN_TOKEN=s.token,
+        FLYWHEEL_SERVER=prep.server,
+        FLYWHEEL_WORKSPACE=str(prep.workspace),
+        CODEX_HOME=str(prep.codex_home),
+    )
+    if s.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(s.gpus)
+    # Handed to the experiment's own tools under their usual names.
+    for key, var in (("wandb_api_key", "WANDB_API_KEY"), ("hf_token", "HF_TOKEN")):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            env[var] = value
+    return env
+
+
+def payload_secrets(token: str, payload: Mapping[str, object]) -> tuple[str, ...]:
+    found = [token]
+    for key in ("github_token", "wandb_api_key", "hf_token"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            found.append(value)
+    return tuple(found)
+

@@ -1,0 +1,313 @@
+"""One run under supervision: the flow from a fetched payload to the terminal
+report (SPEC sections 8, 9, 11, 13).
+
+The supervisor itself stays single-threaded and never blocks on the backend: it
+waits on Codex's pidfd, its workers' queues and sentinels, and the signal pipe,
+and all the talking to the backend is done by workers (except the final report,
+which is sent only once everything before it has been delivered).
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import multiprocess  # type: ignore[import-untyped]
+import orjson
+
+from supervisor import git_persist
+from supervisor.arbiter import Arbiter, WorkerGaveUp, WorkerSpec
+from supervisor.backend_client import Backend
+from supervisor.codex_process import CodexProcess, exec_argv, resume_argv, stderr_tail
+from supervisor.errors import EXIT_OK, EXIT_RUN_ERROR
+from supervisor.outcome import Action, CodexEnd, Decision, decide
+from supervisor.preflight import Prepared, codex_env, payload_secrets
+from supervisor.prompt import build_fix_prompt, build_prompt
+from supervisor.signals import Interrupts
+from supervisor.workspace import MANIFEST_NAME, PROMPT_NAME
+from workers import artifact_watcher, heartbeat, log_shipper
+from workers.artifacts import artifact_files, read_manifest
+from workers.log_entries import thread_id_of
+from workers.redact import Redactor
+from workers.runtime import kill_group
+from workers.spool import BOOTSTRAP_LOG, CODEX_ERR, CODEX_OUT, EntryLog, LineTail, terminate_last_line
+
+SHIPPER, HEARTBEAT, WATCHER = "log-shipper", "heartbeat", "artifact-watcher"
+
+
+class Cancelled(Exception):
+    """SIGINT/SIGTERM arrived; the run is to be reported as cancelled."""
+
+
+def find_thread_id(path: Path, start: int) -> str | None:
+    """The session id Codex printed (its first event, normally) since `start`."""
+    tail = LineTail(path, start)
+    while lines := tail.read(max_bytes=4 * 1024 * 1024):
+        for line in lines:
+            try:
+                event = orjson.loads(line.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and (found := thread_id_of(event)):
+                return found
+    return None
+
+
+class RunSupervisor:
+    def __init__(self, prep: Prepared, payload: dict[str, Any], echo: Callable[[str], None]) -> None:
+        self.prep = prep
+        self.payload = payload
+        self.echo = echo
+        s = prep.settings
+        self.timing = s.timing
+        self.secrets = payload_secrets(s.token, payload)
+        self.redactor = Redactor(self.secrets)
+        self.state = prep.state_dir
+        self.log = EntryLog(self.state, self.redactor)
+        self.interrupts = Interrupts()
+        self.mp = multiprocess.get_context("fork")
+        self.codex_pgid = self.mp.Value("i", 0, lock=False)
+        self.env = codex_env(prep, payload)
+        self.repo = None
+        self._jobs = itertools.count(1)
+
+    # -- workers ---------------------------------------------------------------
+
+    def _specs(self) -> list[WorkerSpec]:
+        p, s = self.prep, self.prep.settings
+        common = dict(server=p.server, run_id=s.run_id, token=s.token, timing=self.timing)
+        return [
+            WorkerSpec(HEARTBEAT, heartbeat.main, (heartbeat.HeartbeatConfig(state_dir=self.state, **common),)),
+            WorkerSpec(SHIPPER, log_shipper.main, (log_shipper.ShipperConfig(
+                state_dir=self.state, secrets=self.secrets, log_batch=self.payload.get("log_batch") is True,
+                **common),)),
+            WorkerSpec(WATCHER, artifact_watcher.main, (artifact_watcher.WatcherConfig(
+                state_dir=self.state, workspace=p.workspace, secrets=self.secrets,
+                blob_threshold=p.blob_threshold, **common),)),
+        ]
+
+    def _notify(self, line: str) -> None:
+        self.echo(f"run {self.prep.settings.run_id}: {line}")
+        self.log.write("warning", line, "warning")
+
+    def wait_event(self, worker: str, kind: str, job: Any, deadline: float | None) -> tuple[Any, ...] | None:
+        """Supervise until `worker` reports (`kind`, `job`, …), or the deadline."""
+        while deadline is None or time.monotonic() < deadline:
+            timeout = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            for name, message in self.arbiter.poll(timeout, [self.interrupts]):
+                if name == worker and message[0] == kind and message[1] == job:
+                    return message
+            if self.interrupts.received and deadline is None:
+                raise Cancelled()
+        return None
+
+    # -- codex -----------------------------------------------------------------
+
+    def run_codex(self, argv: list[str], stdin: Path | None) -> tuple[CodexEnd, int]:
+        """Start Codex, supervise until it ends; returns how it ended and the
+        codex.out offset where its output starts."""
+        out = self.state / CODEX_OUT
+        start = out.stat().st_size if out.exists() else 0
+        self.log.write("info", "codex exec launched", "command_started", argv=argv[len(self.prep.codex.argv_prefix):-1])
+        proc = CodexProcess(argv, cwd=self.prep.workspace, env=self.env, stdin=stdin,
+                            stdout=out, stderr=self.state / CODEX_ERR)
+        self.codex_pgid.value = proc.pgid
+        started = time.time()
+        self.arbiter.send(HEARTBEAT, "phase", "codex running", started, sticky=True)
+        limit = self.timing.codex_timeout
+        deadline = proc.started + limit if limit else None
+        end: CodexEnd | None = None
+        try:
+            while end is None:
+                timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+                self.arbiter.poll(timeout, [self.interrupts, *proc.waitables()])
+                if proc.returncode is not None:
+                    end = CodexEnd(proc.returncode)
+                elif self.interrupts.received:
+                    self.echo(f"run {self.prep.settings.run_id}: {self.interrupts.name} received, stopping codex")
+                    end = CodexEnd(self._stop(proc), cancelled_by=self.interrupts.name)
+                elif deadline is not None and time.monotonic() >= deadline:
+                    end = CodexEnd(self._stop(proc), timed_out_after=limit)
+        finally:
+            if end is None:  # a worker gave up: nothing will watch Codex any more
+                proc.terminate(self.timing.kill_grace)
+            proc.kill_group()
+            proc.close()
+            self.codex_pgid.value = 0
+        terminate_last_line(out)
+        code = end.returncode
+        how = f"code {code}" if code >= 0 else f"signal {-code}"
+        self.log.write("info" if code == 0 else "error", f"codex exec exited with {how}", "command_finished",
+                       final=True, exit_code=code, duration_s=round(time.time() - started, 3))
+        self.arbiter.send(HEARTBEAT, "phase", "codex exited, reporting", None, sticky=True)
+        return end, start
+
+    def _stop(self, proc: CodexProcess) -> int:
+        """SIGTERM to Codex's group, SIGKILL after the grace period — sooner if
+        a second signal arrives."""
+        kill_group(proc.pgid, signal.SIGTERM)
+        deadline = time.monotonic() + self.timing.kill_grace
+        seen = len(self.interrupts.received)
+        while proc.returncode is None and time.monotonic() < deadline:
+            self.arbiter.poll(min(0.5, deadline - time.monotonic()), [self.interrupts, *proc.waitables()])
+            if len(self.interrupts.received) > seen:
+                break
+        proc.kill_group()
+        return proc.popen.wait()
+
+    # -- the flow --------------------------------------------------------------
+
+    def run(self) -> int:
+        s = self.prep.settings
+        for sig_file in (CODEX_OUT, BOOTSTRAP_LOG):
+            terminate_last_line(self.state / sig_file)  # torn lines of a crashed earlier start
+        self.interrupts.install()
+        self.arbiter = Arbiter(self.mp, self._specs(), self.timing, self.state, self.codex_pgid, self._notify)
+        self.arbiter.start()
+        try:
+            decision = self._work()
+        except WorkerGaveUp as exc:
+            decision = Decision(Action.ERROR, False, f"bootstrap failed: {exc}")
+            self.echo(f"run {s.run_id}: {exc}")
+        except Cancelled:
+            decision = Decision(Action.ERROR, False, f"cancelled ({self.interrupts.name})")
+        try:
+            return self._finish(decision)
+        finally:
+            self.arbiter.stop(timeout=5.0)
+            self.interrupts.restore()
+
+    def _work(self) -> Decision:
+        p = self.prep
+        for note in p.notes:
+            self.log.write("warning", note, "warning")
+        self._prepare_repo()
+        prompt = build_prompt(self.payload["prompt"], p.config.instructions)
+        prompt_file = p.workspace / PROMPT_NAME
+        prompt_file.write_text(prompt, encoding="utf-8")
+        self.echo(f"run {p.settings.run_id}: codex running in {p.workspace}")
+        end, start = self.run_codex(exec_argv(p.codex.argv_prefix, p.workspace, p.sandbox), prompt_file)
+        manifest = read_manifest(p.workspace / MANIFEST_NAME)
+        has = manifest.status == "ok" and bool(manifest.artifacts)
+        thread_id = find_thread_id(self.state / CODEX_OUT, start) if end.returncode == 0 else None
+        tail = stderr_tail(self.state / CODEX_ERR)
+        decision = decide(end, has_artifacts=has, resumed=False, thread_id_known=bool(thread_id),
+                          stderr_tail=self.redactor.text(tail))
+        if decision.action is Action.RESUME and thread_id:
+            fix = build_fix_prompt(manifest.status, manifest.error, manifest.head)
+            self.log.write("info", f"no artifacts in {MANIFEST_NAME} ({manifest.status}); resuming codex session "
+                           f"{thread_id} once to write them", "codex_event")
+            resumed, _ = self.run_codex(resume_argv(p.codex.argv_prefix, p.workspace, p.sandbox, thread_id, fix),
+                                        None)
+            if resumed.cancelled_by or resumed.timed_out_after is not None:
+                end = resumed
+            manifest = read_manifest(p.workspace / MANIFEST_NAME)
+            has = manifest.status == "ok" and bool(manifest.artifacts)
+            decision = decide(end, has_artifacts=has, resumed=True, thread_id_known=True,
+                              resume_returncode=resumed.returncode)
+        if decision.post_artifacts and has:
+            self._post_artifacts()
+        self._persist_code(manifest.artifacts, failed=decision.action is Action.ERROR)
+        if decision.warning:
+            self.log.write("warning", decision.warning, "warning")
+        return decision
+
+    def _post_artifacts(self) -> None:
+        job = f"job-{next(self._jobs)}-{time.time_ns()}"
+        self.arbiter.send(WATCHER, "post", job, sticky=True)
+        deadline = time.monotonic() + self.timing.flush_timeout if self.interrupts.received else None
+        try:
+            message = self.wait_event(WATCHER, "posted", job, deadline)
+        except Cancelled:
+            message = self.wait_event(WATCHER, "posted", job, time.monotonic() + self.timing.flush_timeout)
+        if message:
+            self.echo(f"run {self.prep.settings.run_id}: {message[2]} artifact(s) posted"
+                      + (f", {message[3]} skipped" if message[3] else ""))
+
+    def _prepare_repo(self) -> None:
+        ctx, problem = git_persist.RepoContext.from_payload(self.payload.get("repo_context"))
+        token = self.payload.get("github_token")
+        if problem:
+            self.log.write("warning", f"code persistence disabled: {problem}", "warning")
+        if ctx is None:
+            return
+        if not isinstance(token, str) or not token:
+            self.log.write("warning", "code persistence disabled: the payload has repo_context but no "
+                           "github_token", "warning")
+            return
+        notes = git_persist.prepare_repo(ctx, token, self.prep.workspace, self.state)
+        self._write_notes(notes)
+        if not any(n.level in ("warning", "error") for n in notes):
+            self.repo = ctx
+
+    def _persist_code(self, artifacts: Any, failed: bool) -> None:
+        if self.repo is None:
+            return
+        backend = Backend(self.prep.server, self.prep.settings.run_id, self.prep.settings.token, self.timing)
+
+        def refresh() -> str | None:
+            answer = backend.post("/github-token", {}, keep_trying=lambda: False)
+            if answer.ok:
+                token = answer.json().get("token")
+                return token if isinstance(token, str) and token else None
+            return None
+
+        with backend:
+            notes = git_persist.persist(
+                self.repo, self.prep.workspace, self.state, self.prep.settings.run_id, failed=failed,
+                exclude=artifact_files(artifacts, self.prep.workspace), refresh_token=refresh,
+                max_file_bytes=git_persist.max_commit_file_bytes(self.prep.env),
+            )
+        self._write_notes(notes)
+
+    def _write_notes(self, notes: Any) -> None:
+        for note in notes:
+            self.log.write(note.level, note.message, "warning" if note.level != "info" else "codex_event")
+
+    def _finish(self, decision: Decision) -> int:
+        """Deliver every entry, then the terminal report, then stop heartbeats."""
+        s = self.prep.settings
+        cancelled = bool(self.interrupts.received)
+        if decision.action is Action.ERROR:
+            self.log.write("error", f"run failed: {decision.reason}", "error")
+        else:
+            self.log.write("info", "run complete", "codex_event")
+        bounded = lambda: time.monotonic() + self.timing.flush_timeout  # noqa: E731
+        deadline = bounded() if cancelled else None
+        self.arbiter.send(SHIPPER, "drain", "final", sticky=True)
+        try:
+            drained = self.wait_event(SHIPPER, "drained", "final", deadline)
+        except (Cancelled, WorkerGaveUp) as exc:
+            if isinstance(exc, Cancelled) and decision.action is not Action.ERROR:
+                decision = Decision(Action.ERROR, False, f"cancelled ({self.interrupts.name})")
+            deadline = bounded()
+            drained = None
+        if drained is None:
+            self.echo(f"run {s.run_id}: not every log entry could be delivered; they stay spooled in {self.state}")
+        path, body = (("/complete", {"summary": "Codex finished; artifacts posted"})
+                      if decision.action is Action.COMPLETE else
+                      ("/error", {"summary": "Run failed", "reason": self.redactor.text(decision.reason)}))
+        with Backend(self.prep.server, s.run_id, s.token, self.timing) as backend:
+            answer = backend.post(path, body, keep_trying=lambda: deadline is None or time.monotonic() < deadline)
+        if not answer.ok:
+            self.echo(f"run {s.run_id}: could not deliver the {path[1:]} report (HTTP {answer.status or 'no answer'})")
+        self.arbiter.stop([HEARTBEAT], timeout=2.0)
+        if cancelled or self.interrupts.received:
+            self.echo(f"run {s.run_id}: cancelled")
+            return self.interrupts.exit_code
+        if decision.action is Action.COMPLETE:
+            self.echo(f"run {s.run_id}: complete")
+            return EXIT_OK
+        self.echo(f"run {s.run_id}: error: {self.redactor.text(decision.reason).splitlines()[0]}")
+        return EXIT_RUN_ERROR
+
+
+def supervise(prep: Prepared, payload: dict[str, Any], echo: Callable[[str], None] | None = None) -> int:
+    say = echo or (lambda line: print(f"flywheel-bootstrap: {line}", file=sys.stderr, flush=True))
+    return RunSupervisor(prep, payload, say).run()
+

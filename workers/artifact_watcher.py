@@ -1,0 +1,145 @@
+"""The artifact-watcher worker: watches the manifest while Codex runs (so a
+malformed one is reported early, as a warning entry), and at the end posts the
+artifacts, one request each, embedding the files they name.
+
+Which artifacts were already posted is committed to `artifacts.json` after each
+one, so a replacement worker carries on where a killed one stopped instead of
+posting everything twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from supervisor.backend_client import Backend
+from supervisor.settings import Timing
+from workers.artifacts import enrich, manifest_fingerprint, read_manifest
+from workers.file_watch import watch_files
+from workers.redact import Redactor
+from workers.runtime import Mailbox, WakePipe
+from workers.spool import EntryLog, write_atomic
+
+MANIFEST_NAME = "flywheel_artifacts.json"
+POSTED_STATE = "artifacts.json"
+IDLE_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    state_dir: Path
+    workspace: Path
+    server: str
+    run_id: str
+    token: str = field(repr=False)
+    secrets: tuple[str, ...] = field(repr=False, default=())
+    blob_threshold: int = 16 * 1024 * 1024
+    timing: Timing = field(default_factory=Timing)
+
+
+def _load_posted(path: Path, job: str) -> set[int]:
+    try:
+        raw = orjson.loads(path.read_bytes())
+        return set(raw["done"]) if raw.get("job") == job else set()
+    except (FileNotFoundError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+class Watcher:
+    def __init__(self, mailbox: Mailbox, cfg: WatcherConfig) -> None:
+        self.mb = mailbox
+        self.cfg = cfg
+        self.manifest = cfg.workspace / MANIFEST_NAME
+        self.log = EntryLog(cfg.state_dir, Redactor(cfg.secrets))
+        self.wake = WakePipe()
+        self.seen: Any = None
+        self.reported: str | None = None
+        self.stopping = False
+
+    def check_early(self) -> None:
+        """While Codex runs: say once per distinct problem that the manifest is
+        malformed, so the user need not wait for the end to find out."""
+        fingerprint = manifest_fingerprint(self.manifest)
+        if fingerprint is None or fingerprint == self.seen:
+            return
+        self.seen = fingerprint
+        read = read_manifest(self.manifest)
+        if read.status == "malformed" and read.error != self.reported:
+            self.reported = read.error
+            self.log.write(
+                "warning",
+                f"artifact manifest {MANIFEST_NAME} is malformed so far: {read.error}",
+                "warning",
+                manifest=MANIFEST_NAME,
+            )
+
+    def post_all(self, job: str, backend: Backend) -> tuple[int, int]:
+        """Post every artifact of the manifest; returns (posted, skipped)."""
+        read = read_manifest(self.manifest)
+        for warning in read.warnings:
+            self.log.write("warning", f"artifact manifest: {warning}", "warning")
+        posted_path = self.cfg.state_dir / POSTED_STATE
+        done = _load_posted(posted_path, job)
+        posted = skipped = 0
+        for index, artifact in enumerate(read.artifacts):
+            if index in done:
+                posted += 1
+                continue
+            result = enrich(artifact, self.cfg.workspace, self.cfg.blob_threshold)
+            for warning in result.warnings:
+                self.log.write("warning", f"artifact #{index + 1}: {warning}", "warning")
+            if result.artifact is None:
+                skipped += 1
+                continue
+            answer = backend.post("/artifacts", result.artifact, sleep=self._sleep)
+            if answer.ok:
+                posted += 1
+            elif not self.stopping:
+                skipped += 1
+                self.log.write(
+                    "warning",
+                    f"artifact #{index + 1} ({artifact.get('artifact_type')}) was refused by the backend "
+                    f"(HTTP {answer.status})",
+                    "warning",
+                )
+            if self.stopping:
+                break
+            done.add(index)
+            write_atomic(posted_path, orjson.dumps({"job": job, "done": sorted(done)}))
+        return posted, skipped
+
+    def _sleep(self, seconds: float) -> bool:
+        self._handle(self.mb.wait(seconds))
+        return self.stopping
+
+    def _handle(self, messages: list[tuple[Any, ...]]) -> None:
+        for message in messages:
+            if message[0] == "stop":
+                self.stopping = True
+            elif message[0] == "post":
+                self.jobs.append(message[1])
+
+    def run(self) -> None:
+        self.jobs: list[str] = []
+        observer = watch_files(self.cfg.workspace, {MANIFEST_NAME}, self.wake)
+        try:
+            with Backend(self.cfg.server, self.cfg.run_id, self.cfg.token, self.cfg.timing) as backend:
+                while not self.stopping:
+                    self.wake.clear()
+                    if self.jobs:
+                        job = self.jobs.pop(0)
+                        posted, skipped = self.post_all(job, backend)
+                        if not self.stopping:
+                            self.mb.put("posted", job, posted, skipped)
+                        continue
+                    self.check_early()
+                    self._handle(self.mb.wait(IDLE_WAIT, [self.wake]))
+        finally:
+            observer.stop()
+
+
+def main(mailbox: Mailbox, cfg: WatcherConfig) -> None:
+    Watcher(mailbox, cfg).run()

@@ -1,0 +1,239 @@
+"""The log-shipper worker: turns Codex's output and bootstrap's own entries into
+numbered log entries, spools them in the outbox, and delivers them in order.
+
+Two stages, each restartable from `shipper.json`:
+1. encode: read new lines of codex.out and bootstrap.jsonl, give each a seq,
+   append the encoded entries to outbox.jsonl, commit the offsets;
+2. deliver: post the outbox from the delivered offset, one entry per request or
+   in batches of consecutive entries, strictly in seq order, and commit.
+A crash between a delivery and its commit re-sends entries with the same seq,
+which the backend can drop; nothing is ever skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from supervisor.backend_client import Backend
+from supervisor.settings import Timing
+from workers.file_watch import watch_files
+from workers.log_entries import codex_entry, encode_entry, token_usage, too_large_placeholder
+from workers.redact import Redactor
+from workers.runtime import Mailbox, WakePipe
+from workers.spool import (
+    BOOTSTRAP_LOG,
+    CODEX_OUT,
+    OUTBOX,
+    LineTail,
+    ShipperState,
+    outbox_lines,
+    utc_now,
+)
+
+COMMIT_EVERY = 0.25  # seconds between commits of the delivered offset
+IDLE_WAIT = 2.0
+
+
+@dataclass(frozen=True)
+class ShipperConfig:
+    state_dir: Path
+    server: str
+    run_id: str
+    token: str = field(repr=False)
+    secrets: tuple[str, ...] = field(repr=False, default=())
+    log_batch: bool = False
+    timing: Timing = field(default_factory=Timing)
+    batch_entries: int = 500
+    batch_bytes: int = 4 * 1024 * 1024
+
+
+class _Stop(Exception):
+    """The supervisor asked us to stop while a delivery was still retrying."""
+
+
+class Shipper:
+    def __init__(self, mailbox: Mailbox, cfg: ShipperConfig) -> None:
+        self.mb = mailbox
+        self.cfg = cfg
+        self.dir = cfg.state_dir
+        self.redactor = Redactor(cfg.secrets)
+        self.state = ShipperState.load(self.dir)
+        outbox = self.dir / OUTBOX
+        fd = os.open(outbox, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # Bytes past the committed size are an append that was interrupted:
+        # they are encoded again from the committed input offsets.
+        os.ftruncate(fd, self.state.outbox_size)
+        self.outbox_fd = fd
+        self.codex = LineTail(self.dir / CODEX_OUT, self.state.codex_offset)
+        self.boot = LineTail(self.dir / BOOTSTRAP_LOG, self.state.boot_offset)
+        self.backend = Backend(cfg.server, cfg.run_id, cfg.token, cfg.timing)
+        self.wake = WakePipe()
+        self.drain_id: Any = None
+        self.stopping = False
+        self._last_commit = 0.0
+
+    # -- encode ----------------------------------------------------------------
+
+    def encode_new(self) -> bool:
+        """Encode what was appended since last time. True if anything was."""
+        boot_lines = self.boot.read()
+        codex_lines = self.codex.read()
+        if not boot_lines and not codex_lines:
+            return False
+        out: list[bytes] = []
+        seq = self.state.next_seq
+        tokens_in, tokens_out = self.state.input_tokens, self.state.output_tokens
+        ci = 0
+        now = utc_now()
+
+        def take_codex(line: Any) -> None:
+            nonlocal seq, tokens_in, tokens_out
+            entry = codex_entry(line.data, self.redactor, truncated_bytes=line.dropped)
+            usage = token_usage(entry.extra.get("event") or {})
+            if usage:
+                tokens_in, tokens_out = tokens_in + usage[0], tokens_out + usage[1]
+            out.append(encode_entry(now, entry, seq))
+            seq += 1
+
+        for b in boot_lines:
+            try:
+                record = orjson.loads(b.data)
+                marker = int(record.pop("codex_offset", 0))
+                record.pop("final", None)
+                record["extra"]["seq"] = seq
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                continue  # the torn line of a writer killed mid-append
+            # Codex lines that were already written when this entry was come first.
+            while ci < len(codex_lines) and codex_lines[ci].end <= marker:
+                take_codex(codex_lines[ci])
+                ci += 1
+            out.append(orjson.dumps(record))
+            seq += 1
+        for line in codex_lines[ci:]:
+            take_codex(line)
+        data = b"".join(e + b"\n" for e in out)
+        os.write(self.outbox_fd, data)
+        self.state = self.state.evolve(
+            codex_offset=self.codex.offset,
+            boot_offset=self.boot.offset,
+            next_seq=seq,
+            outbox_size=self.state.outbox_size + len(data),
+            last_event_at=now if codex_lines else self.state.last_event_at,
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+        )
+        self.state.save(self.dir)
+        return True
+
+    # -- deliver ---------------------------------------------------------------
+
+    def deliver_some(self) -> None:
+        """Deliver the next batch (or single entry) from the outbox."""
+        limit = self.cfg.batch_entries if self.cfg.log_batch else 1
+        lines, end, size = [], self.state.delivered_offset, 0
+        for line, pos in outbox_lines(self.dir / OUTBOX, end, self.state.outbox_size, limit):
+            if lines and size + len(line) > self.cfg.batch_bytes:
+                break
+            lines.append(line)
+            end, size = pos, size + len(line)
+        if not lines:
+            return
+        self._send(lines)
+        self.state = self.state.evolve(delivered_offset=end, delivered=self.state.delivered + len(lines))
+        now = time.monotonic()
+        if now - self._last_commit >= COMMIT_EVERY or not self.state.pending:
+            self.state.save(self.dir)
+            self._last_commit = now
+
+    def _send(self, lines: list[bytes]) -> None:
+        if len(lines) == 1:
+            self._send_one(lines[0])
+            return
+        answer = self._post("/logs/batch", b'{"entries":[' + b",".join(lines) + b"]}")
+        if answer.status == 413:
+            half = len(lines) // 2
+            self._send(lines[:half])
+            self._send(lines[half:])
+        elif not answer.ok:
+            self._report_dropped(len(lines), f"HTTP {answer.status} for a batch")
+
+    def _send_one(self, line: bytes) -> None:
+        path = "/logs/batch" if self.cfg.log_batch else "/logs"
+        body = b'{"entries":[' + line + b"]}" if self.cfg.log_batch else line
+        answer = self._post(path, body)
+        if answer.status == 413:
+            entry = orjson.loads(line)
+            placeholder = orjson.dumps(too_large_placeholder(entry, len(line), None))
+            body = b'{"entries":[' + placeholder + b"]}" if self.cfg.log_batch else placeholder
+            answer = self._post(path, body)
+            if not answer.ok:
+                self._report_dropped(1, f"HTTP {answer.status} even for the too-large placeholder")
+        elif not answer.ok:
+            self._report_dropped(1, f"HTTP {answer.status}")
+
+    def _post(self, path: str, body: bytes) -> Any:
+        answer = self.backend.post(path, body, sleep=self._sleep)
+        if answer.status == 0 or (answer.status >= 500 or answer.status == 429):
+            raise _Stop()
+        return answer
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait between retries; keep encoding meanwhile. True = stop now."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self._handle(self.mb.wait(min(IDLE_WAIT, max(0.0, deadline - time.monotonic())), [self.wake]))
+            if self.stopping:
+                return True
+            self.wake.clear()
+            self.encode_new()
+            if time.monotonic() >= deadline:
+                return False
+
+    def _report_dropped(self, count: int, why: str) -> None:
+        # Not retried (SPEC 6): said once, locally, without the entry's content.
+        self.state = self.state.evolve(dropped=self.state.dropped + count)
+        print(f"log-shipper: backend rejected {count} log entr{'y' if count == 1 else 'ies'} ({why}); dropped",
+              file=sys.stderr, flush=True)
+
+    # -- loop ------------------------------------------------------------------
+
+    def _handle(self, messages: list[tuple[Any, ...]]) -> None:
+        for message in messages:
+            if message[0] == "stop":
+                self.stopping = True
+            elif message[0] == "drain":
+                self.drain_id = message[1]
+
+    def run(self) -> None:
+        observer = watch_files(self.dir, {CODEX_OUT, BOOTSTRAP_LOG}, self.wake)
+        try:
+            while not self.stopping:
+                self.mb.tick()
+                self.wake.clear()
+                encoded = self.encode_new()
+                if self.state.pending:
+                    try:
+                        self.deliver_some()
+                    except _Stop:
+                        break
+                    continue
+                if self.drain_id is not None and not encoded:
+                    self.state.save(self.dir)
+                    self.mb.put("drained", self.drain_id, self.state.delivered)
+                    self.drain_id = None
+                if not encoded:
+                    self._handle(self.mb.wait(IDLE_WAIT, [self.wake]))
+        finally:
+            self.state.save(self.dir)
+            observer.stop()
+
+
+def main(mailbox: Mailbox, cfg: ShipperConfig) -> None:
+    Shipper(mailbox, cfg).run()

@@ -1,0 +1,164 @@
+"""What every worker process shares: its mailbox, its liveness tick, and the
+guard that takes Codex down with it when the supervisor dies.
+
+A worker talks to the supervisor through two one-way SimpleQueues made for that
+incarnation only (no feeder threads, so nothing is lost in a buffer when it is
+killed, and a queue left locked by a dead worker is simply dropped with it).
+Liveness is a double in shared memory, written without a lock so a worker
+killed mid-write can never leave a lock held; the supervisor reads it like
+gunicorn's arbiter reads its workers' tmp files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
+
+PR_SET_PDEATHSIG = 1
+TICK_EVERY = 0.25
+# A main loop silent this long is stuck even though its process still runs;
+# every blocking call it makes (HTTP, file I/O) is bounded well below this.
+STALL_LIMIT = 120.0
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent-pid check in the ticker still catches it
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    if pgid > 0:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@dataclass(frozen=True)
+class Channels:
+    """One incarnation's link to the supervisor. Built by the supervisor,
+    inherited by the forked worker."""
+
+    name: str
+    commands: Any  # SimpleQueue: supervisor -> worker
+    events: Any  # SimpleQueue: worker -> supervisor
+    liveness: Any  # shared c_double: monotonic time of the last tick
+    codex_pgid: Any  # shared c_int: Codex's process group, 0 when none
+    parent_pid: int
+
+
+class Mailbox:
+    """The worker's side of its channels."""
+
+    def __init__(self, channels: Channels) -> None:
+        self.channels = channels
+        self.name = channels.name
+        self._progress = time.monotonic()
+
+    def tick(self) -> None:
+        """The main loop is making progress."""
+        self._progress = time.monotonic()
+
+    @property
+    def progress_age(self) -> float:
+        return time.monotonic() - self._progress
+
+    def put(self, *message: Any) -> None:
+        self.channels.events.put(message)
+
+    def wait(self, timeout: float, extra: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """Wait for commands (or for one of `extra`'s objects to be readable);
+        returns the commands that arrived, possibly none."""
+        self.tick()
+        reader = self.channels.commands._reader
+        wait_ready([reader, *extra], timeout=max(0.0, timeout))
+        messages = []
+        while reader.poll(0):
+            messages.append(self.channels.commands.get())
+        self.tick()
+        return messages
+
+
+def _ticker(mailbox: Mailbox) -> None:
+    channels = mailbox.channels
+    while True:
+        if os.getppid() != channels.parent_pid:
+            _orphaned(channels)
+        if mailbox.progress_age < STALL_LIMIT:
+            channels.liveness.value = time.monotonic()
+        time.sleep(TICK_EVERY)
+
+
+def _orphaned(channels: Channels) -> None:
+    """The supervisor is gone: nobody will stop Codex, so do it and leave."""
+    kill_group(channels.codex_pgid.value)
+    os._exit(1)
+
+
+def run_worker(target: Callable[..., None], channels: Channels, log_path: Path, *args: Any) -> None:
+    """Entry point of every worker process (the `target` of its Process)."""
+    set_parent_death_signal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: object) -> None:
+        if os.getppid() != channels.parent_pid:
+            kill_group(channels.codex_pgid.value)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C reaches the whole foreground group; only the supervisor acts on it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getppid() != channels.parent_pid:
+        _orphaned(channels)
+    # A worker's own stderr goes to a private file: a traceback there must not
+    # spill onto the user's terminal, and the supervisor reports the restart.
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.dup2(fd, 2)
+    os.close(fd)
+    mailbox = Mailbox(channels)
+    channels.liveness.value = time.monotonic()
+    threading.Thread(target=_ticker, args=(mailbox,), daemon=True, name="liveness").start()
+    try:
+        target(mailbox, *args)
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(70)
+    os._exit(0)
+
+
+class WakePipe:
+    """A self-pipe that a watchdog thread pokes to wake the worker's main loop."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        return self.r
+
+    def poke(self) -> None:
+        try:
+            os.write(self.w, b"x")
+        except BlockingIOError:
+            pass  # already awake
+
+    def clear(self) -> None:
+        try:
+            while os.read(self.r, 4096):
+                pass
+        except BlockingIOError:
+            pass

@@ -1,0 +1,228 @@
+"""The run's durable on-disk spool, shared by the supervisor and its workers.
+
+Files in the run's private state folder (0700; files 0600):
+- codex.out        Codex's stdout, written by Codex itself (no pipe, so a slow
+                   backend or a busy supervisor can never block it);
+- bootstrap.jsonl  bootstrap's own entries, one JSON object a line, appended by
+                   the supervisor and the artifact-watcher (O_APPEND, one write()
+                   per line, so two writers never interleave);
+- outbox.jsonl     the log-shipper's output: every entry, fully encoded with its
+                   seq, in the order it will be delivered;
+- shipper.json     offsets into the three files above, committed atomically.
+
+Nothing that was appended is ever rewritten, and each offset only moves past data
+that is already safe elsewhere, so any process may be SIGKILLed at any moment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+CODEX_OUT = "codex.out"
+CODEX_ERR = "codex.err"
+BOOTSTRAP_LOG = "bootstrap.jsonl"
+OUTBOX = "outbox.jsonl"
+SHIPPER_STATE = "shipper.json"
+
+# Lines longer than this keep only their head in memory; the rest is counted.
+MAX_LINE_BYTES = 1024 * 1024
+READ_CHUNK = 1024 * 1024
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def open_private(path: Path, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class EntryLog:
+    """Appends bootstrap's own entries. Each entry records how much of Codex's
+    output existed when it was written, so the shipper can place it after those
+    lines; `final` marks an entry written after Codex exited, which flushes an
+    unterminated last line of Codex's first."""
+
+    def __init__(self, state_dir: Path, redact: Any = None) -> None:
+        self.path = state_dir / BOOTSTRAP_LOG
+        self.codex_out = state_dir / CODEX_OUT
+        self._redact = redact
+
+    def write(self, level: str, message: str, kind: str, *, final: bool = False, **extra: Any) -> None:
+        if self._redact is not None:
+            message = self._redact.text(message)
+            extra = self._redact.value(extra)
+        try:
+            codex_offset = self.codex_out.stat().st_size
+        except FileNotFoundError:
+            codex_offset = 0
+        record = {
+            "created_at": utc_now(),
+            "level": level,
+            "message": message,
+            "extra": {"run_event_source": "bootstrap", "run_event_kind": kind, **extra},
+            "codex_offset": codex_offset,
+            "final": final,
+        }
+        line = orjson.dumps(record) + b"\n"
+        fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def terminate_last_line(path: Path) -> None:
+    """Codex has exited: make its unterminated last line (a crash mid-write, or
+    a 50 MB line with no newline) a complete line, so it is shipped and a resume's
+    output starts on a line of its own."""
+    try:
+        with open(path, "rb+") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+    except FileNotFoundError:
+        pass
+
+
+@dataclass(frozen=True)
+class Line:
+    data: bytes  # without the newline; only the head of an over-long line
+    end: int  # file offset just past this line (and its newline)
+    dropped: int = 0  # bytes of an over-long line that were not kept
+
+
+class LineTail:
+    """Reads complete lines from a file that another process keeps appending to.
+
+    Never assumes short lines: a line of any length costs at most MAX_LINE_BYTES
+    of memory. Only the position after a complete line is ever reported, so a
+    reader restarted from `Line.end` never splits a line."""
+
+    def __init__(self, path: Path, offset: int, max_line: int = MAX_LINE_BYTES) -> None:
+        self.path = path
+        self.offset = offset  # start of the first line not yet returned
+        self.max_line = max_line
+        self._scan = offset  # how far the current unfinished line was read
+        self._head = bytearray()
+        self._dropped = 0
+
+    def read(self, max_bytes: int = 8 * READ_CHUNK) -> list[Line]:
+        """Complete lines from the current offset (at most about `max_bytes`).
+        A last line without a newline waits: once Codex has exited, the
+        supervisor terminates it with one (see `terminate_last_line`)."""
+        lines: list[Line] = []
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return lines
+        with f:
+            f.seek(self._scan)
+            budget = max_bytes
+            while budget > 0:
+                chunk = f.read(min(READ_CHUNK, budget))
+                if not chunk:
+                    break
+                budget -= len(chunk)
+                self._take(chunk, lines)
+        return lines
+
+    def _take(self, chunk: bytes, lines: list[Line]) -> None:
+        start = 0
+        base = self._scan
+        while True:
+            nl = chunk.find(b"\n", start)
+            if nl < 0:
+                break
+            self._keep(chunk[start:nl])
+            self._scan = base + nl + 1
+            self._emit(lines, self._scan)
+            start = nl + 1
+        self._keep(chunk[start:])
+        self._scan = base + len(chunk)
+
+    def _keep(self, piece: bytes) -> None:
+        room = self.max_line - len(self._head)
+        if room >= len(piece):
+            self._head += piece
+        else:
+            self._head += piece[: max(room, 0)]
+            self._dropped += len(piece) - max(room, 0)
+
+    def _emit(self, lines: list[Line], end: int) -> None:
+        lines.append(Line(bytes(self._head), end, self._dropped))
+        self._head.clear()
+        self._dropped = 0
+        self.offset = end
+        self._scan = max(self._scan, end)
+
+
+@dataclass(frozen=True)
+class ShipperState:
+    """The log-shipper's committed progress. `outbox_size` bounds what is known
+    to be encoded; bytes past it in the outbox are an interrupted append."""
+
+    codex_offset: int = 0
+    boot_offset: int = 0
+    next_seq: int = 1
+    outbox_size: int = 0
+    delivered_offset: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    last_event_at: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @classmethod
+    def load(cls, state_dir: Path) -> "ShipperState":
+        try:
+            raw = orjson.loads((state_dir / SHIPPER_STATE).read_bytes())
+            known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+            return cls(**known)
+        except (FileNotFoundError, orjson.JSONDecodeError, TypeError):
+            return cls()
+
+    def save(self, state_dir: Path) -> None:
+        write_atomic(state_dir / SHIPPER_STATE, orjson.dumps(asdict(self)))
+
+    def evolve(self, **changes: Any) -> "ShipperState":
+        return replace(self, **changes)
+
+    @property
+    def pending(self) -> bool:
+        return self.delivered_offset < self.outbox_size
+
+
+def outbox_lines(path: Path, start: int, stop: int, limit: int) -> Iterator[tuple[bytes, int]]:
+    """Up to `limit` encoded entries between two committed outbox offsets, with
+    the offset after each."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos = start
+        for _ in range(limit):
+            if pos >= stop:
+                return
+            line = f.readline()
+            if not line.endswith(b"\n"):
+                return
+            pos += len(line)
+            yield line[:-1], pos
