@@ -1,0 +1,143 @@
+"""Where a run works and where it keeps its private state (SPEC sections 3 and 4).
+
+The workspace is what Codex sees (``--cd``); the state folder
+(``$FLYWHEEL_HOME/state/<run_id>``) lies outside it on purpose, so sandboxed
+commands never see spool files or credentials, code persistence never commits
+them, and a ``git clone`` into an empty workspace still works.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from supervisor.config import CodexConfig
+from supervisor.errors import ConfigError
+
+MANIFEST_NAME = "flywheel_artifacts.json"
+PROMPT_NAME = "flywheel_prompt.txt"
+RUN_ID_PLACEHOLDER = "<run_id>"
+MAX_RUN_ID_LENGTH = 128
+
+# A run id becomes a path component and a URL path segment, so only characters
+# that are safe in both are allowed; the first must be a letter or digit, which
+# also rules out ".", ".." and ids that look like command-line options.
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def validate_run_id(run_id: str) -> None:
+    """Raise ConfigError unless ``run_id`` is 1-128 characters of
+    ``[A-Za-z0-9._-]`` starting with a letter or digit and without ``..``."""
+    if not run_id:
+        raise ConfigError("run id is empty; pass --run-id or set FLYWHEEL_RUN_ID")
+    shown = repr(run_id) if len(run_id) <= 80 else repr(run_id[:80]) + "…"
+    if len(run_id) > MAX_RUN_ID_LENGTH:
+        raise ConfigError(
+            f"run id {shown} is {len(run_id)} characters long; at most {MAX_RUN_ID_LENGTH} allowed"
+        )
+    if any(c.isspace() for c in run_id):
+        raise ConfigError(f"run id {shown} contains white space")
+    if any(ord(c) < 32 or ord(c) == 127 for c in run_id):
+        raise ConfigError(f"run id {shown} contains control characters")
+    if "/" in run_id or "\\" in run_id:
+        raise ConfigError(f"run id {shown} contains a slash; it must be a single path component")
+    if ".." in run_id:
+        raise ConfigError(f"run id {shown} contains '..'")
+    if not _RUN_ID_RE.fullmatch(run_id):
+        raise ConfigError(
+            f"run id {shown} is not valid: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+
+
+def resolve_workspace(cfg: CodexConfig, run_id: str, home: Path) -> Path:
+    """The run's workspace folder (not created).
+
+    From the config's ``cd``/``workspace_dir``: ``<run_id>`` is replaced by the
+    run id, then ``~`` expands, and a relative path is taken from the config
+    file's folder (like every other path in that file), not from the current
+    directory. Without the key: ``home/runs/<run_id>``.
+    """
+    validate_run_id(run_id)
+    if cfg.workspace_template is None:
+        return Path(home).expanduser() / "runs" / run_id
+    text = cfg.workspace_template.replace(RUN_ID_PLACEHOLDER, run_id)
+    p = Path(os.path.expanduser(text))
+    if not p.is_absolute():
+        p = cfg.path.parent / p
+    return p
+
+
+def prepare_workspace(path: Path) -> None:
+    """Create the workspace (parents too) and prove it is writable by creating
+    and deleting a file in it; ConfigError otherwise."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"workspace {path} exists but is not a folder; set cd to a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"workspace {path} cannot be created: {exc.strerror or exc}; "
+            "choose another folder with cd/workspace_dir in the config"
+        ) from None
+    # os.access lies under root, ACLs and read-only mounts: really try.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".flywheel-write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"workspace {path} is not writable: {exc.strerror or exc}; "
+            "fix its permissions or choose another folder with cd/workspace_dir"
+        ) from None
+
+
+def check_manifest_in_roots(workspace: Path, cfg: CodexConfig) -> None:
+    """When Codex is sandboxed and ``writable_roots`` are given, the manifest
+    must lie inside one of them (compared after resolving symlinks); missing
+    roots are created first, so that resolving them is meaningful."""
+    if not cfg.sandboxed or not cfg.writable_roots:
+        return
+    for root in cfg.writable_roots:
+        if root.exists() and not root.is_dir():
+            raise ConfigError(
+                f"{cfg.path}: [sandbox_workspace_write] writable_roots entry {root} "
+                "exists but is not a folder"
+            )
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{cfg.path}: [sandbox_workspace_write] writable_roots entry {root} "
+                f"cannot be created: {exc.strerror or exc}"
+            ) from None
+    manifest = (workspace / MANIFEST_NAME).resolve()
+    for root in cfg.writable_roots:
+        if manifest.is_relative_to(root.resolve()):
+            return
+    roots = ", ".join(str(r) for r in cfg.writable_roots)
+    raise ConfigError(
+        f"{cfg.path}: the artifact manifest {manifest} is not inside any "
+        f"[sandbox_workspace_write] writable_roots ({roots}), so sandboxed Codex could not "
+        "write it; add the workspace folder to writable_roots or set cd inside one of them"
+    )
+
+
+def prepare_state_dir(home: Path, run_id: str) -> Path:
+    """Create ``home/state/<run_id>`` (parents too), private to the user (0700,
+    also when it already existed), and return it."""
+    validate_run_id(run_id)
+    state = Path(home).expanduser() / "state" / run_id
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(state, 0o700)
+    except OSError as exc:
+        raise ConfigError(
+            f"run state folder {state} cannot be created: {exc.strerror or exc}; "
+            "check FLYWHEEL_HOME"
+        ) from None
+    if not state.is_dir():
+        raise ConfigError(f"run state folder {state} exists but is not a folder")
+    return state

@@ -1,0 +1,79 @@
+"""The on-disk spool: lines of any length, torn writes, atomic state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+
+from workers.spool import EntryLog, LineTail, ShipperState, outbox_lines, terminate_last_line
+
+
+def test_linetail_returns_only_complete_lines(tmp_path: Path) -> None:
+    f = tmp_path / "out"
+    f.write_bytes(b"one\ntw")
+    tail = LineTail(f, 0)
+    assert [l.data for l in tail.read()] == [b"one"]
+    assert tail.offset == 4
+    with open(f, "ab") as w:
+        w.write(b"o\nthree\n")
+    lines = tail.read()
+    assert [l.data for l in lines] == [b"two", b"three"]
+    assert lines[-1].end == f.stat().st_size
+
+
+def test_linetail_keeps_head_of_huge_line_without_holding_it(tmp_path: Path) -> None:
+    f = tmp_path / "out"
+    with open(f, "wb") as w:
+        w.write(b"a" * (3 * 1024 * 1024 + 5) + b"\nnext\n")
+    tail = LineTail(f, 0, max_line=1024)
+    lines = tail.read(max_bytes=64 * 1024 * 1024)
+    assert len(lines[0].data) == 1024 and lines[0].dropped == 3 * 1024 * 1024 + 5 - 1024
+    assert lines[1].data == b"next"
+
+
+def test_linetail_restarted_from_offset_never_splits_a_line(tmp_path: Path) -> None:
+    f = tmp_path / "out"
+    f.write_bytes(b"first\nsecond-partial")
+    tail = LineTail(f, 0)
+    tail.read()
+    again = LineTail(f, tail.offset)
+    with open(f, "ab") as w:
+        w.write(b"-done\n")
+    assert [l.data for l in again.read()] == [b"second-partial-done"]
+
+
+def test_terminate_last_line_adds_newline_once(tmp_path: Path) -> None:
+    f = tmp_path / "out"
+    f.write_bytes(b"x")
+    terminate_last_line(f)
+    terminate_last_line(f)
+    assert f.read_bytes() == b"x\n"
+    terminate_last_line(tmp_path / "missing")
+
+
+def test_entry_log_records_codex_offset_and_is_private(tmp_path: Path) -> None:
+    (tmp_path / "codex.out").write_bytes(b"12345")
+    EntryLog(tmp_path).write("info", "hello", "codex_event", final=True, exit_code=0)
+    record = orjson.loads((tmp_path / "bootstrap.jsonl").read_bytes())
+    assert record["codex_offset"] == 5 and record["final"] is True
+    assert record["extra"] == {"run_event_source": "bootstrap", "run_event_kind": "codex_event", "exit_code": 0}
+    assert (tmp_path / "bootstrap.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_shipper_state_roundtrip_and_corrupt_file(tmp_path: Path) -> None:
+    state = ShipperState(codex_offset=10, next_seq=7, outbox_size=99)
+    state.save(tmp_path)
+    assert ShipperState.load(tmp_path) == state
+    (tmp_path / "shipper.json").write_bytes(b"{torn")
+    assert ShipperState.load(tmp_path) == ShipperState()
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_outbox_lines_stop_at_committed_size(tmp_path: Path) -> None:
+    f = tmp_path / "outbox"
+    f.write_bytes(b"a\nb\nc-torn")
+    got = list(outbox_lines(f, 0, 4, 10))
+    assert got == [(b"a", 2), (b"b", 4)]
+    assert os.path.getsize(f) == 10
