@@ -230,20 +230,13 @@ class RunSupervisor:
                       + (f", {message[3]} skipped" if message[3] else ""))
 
     def _prepare_repo(self) -> None:
-        ctx, problem = git_persist.RepoContext.from_payload(self.payload.get("repo_context"))
-        token = self.payload.get("github_token")
-        if problem:
-            self.log.write("warning", f"code persistence disabled: {problem}", "warning")
+        ctx, notes = git_persist.plan_persistence(self.payload)
+        self._write_notes(notes)
         if ctx is None:
             return
-        if not isinstance(token, str) or not token:
-            self.log.write("warning", "code persistence disabled: the payload has repo_context but no "
-                           "github_token", "warning")
-            return
-        notes = git_persist.prepare_repo(ctx, token, self.prep.workspace, self.state)
+        notes = git_persist.prepare_repo(ctx, str(self.payload["github_token"]), self.prep.workspace, self.state)
         self._write_notes(notes)
-        if not any(n.level in ("warning", "error") for n in notes):
-            self.repo = ctx
+        self.repo = ctx
 
     def _persist_code(self, artifacts: Any, failed: bool) -> None:
         if self.repo is None:
