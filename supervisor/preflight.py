@@ -15,6 +15,7 @@ from supervisor.backend_client import validate_server_url
 from supervisor.codex_home import prepare_codex_home
 from supervisor.config import CodexConfig, load_config, sandbox_args
 from supervisor.errors import ConfigError
+from supervisor.git_persist import max_commit_file_bytes
 from supervisor.provision import CodexCommand, find_codex, login_ok, terminal_progress
 from supervisor.settings import RunSettings
 from supervisor.workspace import (
@@ -45,6 +46,7 @@ class Prepared:
     codex: CodexCommand
     sandbox: tuple[str, ...]
     blob_threshold: int
+    git_max_file_bytes: int
     notes: tuple[str, ...] = ()  # warnings worth a log entry once the run starts
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -68,7 +70,14 @@ def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str],
     check_manifest_in_roots(workspace, cfg)
     state_dir = prepare_state_dir(settings.home, settings.run_id)
     codex_home = prepare_codex_home(state_dir, cfg, env)
-    codex = find_codex(env, settings.home, mock=settings.mock, echo_progress=terminal_progress())
+    blob_threshold = blob_threshold_from_env(env)
+    git_max_file_bytes = max_commit_file_bytes(env)
+    progress = terminal_progress()
+    try:
+        codex = find_codex(env, settings.home, mock=settings.mock, echo_progress=progress)
+    finally:
+        if progress is not None:
+            progress.finish()
     ok, detail = login_ok(codex, codex_home, env)
     if not ok:
         if cfg.model_provider and cfg.model_provider != "openai":
@@ -89,7 +98,8 @@ def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str],
         codex_home=codex_home,
         codex=codex,
         sandbox=sandbox,
-        blob_threshold=blob_threshold_from_env(env),
+        blob_threshold=blob_threshold,
+        git_max_file_bytes=git_max_file_bytes,
         notes=tuple(notes),
         env=dict(env),
     )
