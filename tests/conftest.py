@@ -41,8 +41,8 @@ class Env:
     def config(self, body: str | None = None, name: str = "config.toml") -> Path:
         path = self.tmp / name
         path.write_text(body if body is not None else (
-            '[flywheel]\nworkspace_instructions = "Work in the workspace."\n'
             f'workspace_dir = "{self.tmp}/ws/<run_id>"\n'
+            '[flywheel]\nworkspace_instructions = "Work in the workspace."\n'
         ))
         return path
 
