@@ -107,13 +107,15 @@ class Shipper:
                 record = orjson.loads(b.data)
                 marker = int(record.pop("codex_offset", 0))
                 record.pop("final", None)
-                record["extra"]["seq"] = seq
+                extra = record["extra"]
+                extra["run_event_kind"]  # noqa: B018 - a record without it is torn
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 continue  # the torn line of a writer killed mid-append
             # Codex lines that were already written when this entry was come first.
             while ci < len(codex_lines) and codex_lines[ci].end <= marker:
                 take_codex(codex_lines[ci])
                 ci += 1
+            extra["seq"] = seq
             out.append(orjson.dumps(record))
             seq += 1
         for line in codex_lines[ci:]:

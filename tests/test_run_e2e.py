@@ -1,0 +1,222 @@
+"""One run end to end: the real command, the real local backend on loopback,
+the fake codex (examples/fake_codex) on PATH."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from supervisor.local_backend import LocalBackend
+from tests.conftest import Env
+
+
+def start_run(backend: LocalBackend, env: Env, **payload: object) -> tuple[str, str, Path]:
+    run_id, token = backend.create_run(prompt="Write a report.", **payload)
+    return run_id, token, env.config()
+
+
+def bootstrap(env: Env, backend: LocalBackend, run_id: str, token: str, config: Path, *extra_args: str,
+              mode: str = "ok", **extra_env: str):
+    return env.run("--run-id", run_id, "--config", str(config), "--server", backend.url, *extra_args,
+                   extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": mode, **extra_env})
+
+
+def codex_lines(env: Env, run_id: str) -> list[bytes]:
+    return (env.state(run_id) / "codex.out").read_bytes().splitlines()
+
+
+def test_happy_path_2000_lines_in_order_with_artifacts(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    result = bootstrap(env, backend, run_id, token, config, mode="lines=2000")
+    assert result.returncode == 0, result.stderr
+    run = backend.run(run_id)
+    assert run["state"] == "complete"
+    entries = backend.entries(run_id)
+    seqs = [e["extra"]["seq"] for e in entries]
+    assert seqs == list(range(1, len(entries) + 1)), "entries arrive once each, in seq order"
+    codex = [e for e in entries if e["extra"]["run_event_source"] == "codex"]
+    assert len(codex) == len(codex_lines(env, run_id)) >= 2000
+    assert [json.dumps(e["extra"]["event"], sort_keys=True) for e in codex] == [
+        json.dumps(json.loads(line), sort_keys=True) for line in codex_lines(env, run_id)]
+    messages = [e["message"] for e in entries]
+    assert messages.index("codex exec launched") < messages.index("codex exec exited with code 0")
+    artifacts = backend.artifacts(run_id)
+    assert artifacts and artifacts[0]["artifact_type"] == "text"
+    assert artifacts[0]["payload"]["content"], "the file named by the artifact is embedded"
+    assert backend.heartbeats(run_id), "heartbeats were sent"
+    assert (env.workspace(run_id) / "flywheel_prompt.txt").read_text().count("Task Description:") == 1
+
+
+def test_batch_mode_uses_batch_endpoint(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env, log_batch=True)
+    result = bootstrap(env, backend, run_id, token, config, mode="lines=500")
+    assert result.returncode == 0, result.stderr
+    counts = backend.request_counts(run_id)
+    assert counts.get("logs", 0) == 0 and counts.get("logs_batch", counts.get("batch", 0)) > 0
+    seqs = [e["extra"]["seq"] for e in backend.entries(run_id)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_exact_codex_command_line_and_stdin(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    log = env.tmp / "fake_codex.jsonl"
+    result = bootstrap(env, backend, run_id, token, config, FAKE_CODEX_LOG=str(log))
+    assert result.returncode == 0, result.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    exec_call = next(c for c in calls if "exec" in c["argv"])
+    ws = str(env.workspace(run_id))
+    assert exec_call["argv"][exec_call["argv"].index("exec"):] == [
+        "exec", "--json", "--cd", ws, "--skip-git-repo-check", "--sandbox", "workspace-write", "-"]
+
+
+def test_nonzero_exit_reports_error_with_code_and_stderr_tail(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    result = bootstrap(env, backend, run_id, token, config, mode="exit=3")
+    assert result.returncode == 1
+    run = backend.run(run_id)
+    assert run["state"] == "error"
+    assert run["reason"].startswith("codex exit code 3") and "something failed" in run["reason"]
+    assert "Traceback" not in result.stderr
+
+
+def test_codex_killed_by_signal_reports_the_signal(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    result = bootstrap(env, backend, run_id, token, config, mode="crash")
+    assert result.returncode == 1
+    assert "SIGKILL" in backend.run(run_id)["reason"]
+
+
+def test_no_manifest_resumes_then_completes(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    log = env.tmp / "fake_codex.jsonl"
+    result = bootstrap(env, backend, run_id, token, config, mode="no_manifest", FAKE_CODEX_LOG=str(log))
+    assert result.returncode == 0, result.stderr
+    assert backend.run(run_id)["state"] == "complete"
+    assert backend.artifacts(run_id)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    resume = next(c for c in calls if "resume" in c["argv"])
+    argv = resume["argv"]
+    assert argv.index("--cd") < argv.index("resume"), "exec flags go before resume"
+    assert "flywheel_artifacts.json" in argv[-1]
+    messages = [e["message"] for e in backend.entries(run_id)]
+    assert sum(m == "codex exec launched" for m in messages) == 2
+
+
+def test_resume_that_fails_completes_with_warning(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    result = bootstrap(env, backend, run_id, token, config, mode="no_manifest,resume_fails")
+    assert result.returncode == 0, result.stderr
+    assert backend.run(run_id)["state"] == "complete"
+    warnings = [e["message"] for e in backend.entries(run_id) if e["level"] == "warning"]
+    assert any("exit code 1" in w for w in warnings)
+
+
+def test_malformed_manifest_warns_and_resumes(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    result = bootstrap(env, backend, run_id, token, config, mode="malformed_manifest,never_manifest")
+    assert result.returncode == 0, result.stderr
+    assert backend.run(run_id)["state"] == "complete"
+    assert not backend.artifacts(run_id)
+    warnings = [e["message"] for e in backend.entries(run_id) if e["level"] == "warning"]
+    assert any("no artifacts" in w for w in warnings)
+
+
+def test_409_already_claimed_exits_0(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    backend.set_faults(bootstrap_status={run_id: 409})
+    result = bootstrap(env, backend, run_id, token, config)
+    assert result.returncode == 0
+    assert "already claimed" in result.stderr
+    assert not backend.entries(run_id)
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_refused_bootstrap_exits_3(env: Env, backend: LocalBackend, status: int) -> None:
+    run_id, token, config = start_run(backend, env)
+    backend.set_faults(bootstrap_status={run_id: status})
+    result = bootstrap(env, backend, run_id, token, config)
+    assert result.returncode == 3
+    assert f"HTTP {status}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_wrong_token_exits_3_without_printing_it(env: Env, backend: LocalBackend) -> None:
+    run_id, _, config = start_run(backend, env)
+    result = bootstrap(env, backend, run_id, "not-the-real-token-123", config)
+    assert result.returncode == 3
+    assert "not-the-real-token-123" not in result.stderr + result.stdout
+
+
+def test_backend_unreachable_exits_3(env: Env) -> None:
+    config = env.config()
+    result = env.run("--run-id", "r1", "--config", str(config), "--server", "http://127.0.0.1:9",
+                     extra={"FLYWHEEL_RUN_TOKEN": "tok-abcdef", "FLYWHEEL_TIMING_FETCH_TRIES": "2"})
+    assert result.returncode == 3
+    assert "could not fetch" in result.stderr
+
+
+def test_token_never_leaks(env: Env, backend: LocalBackend) -> None:
+    secret_gh = "ghp_SECRETSECRETSECRET"
+    run_id, token, config = start_run(backend, env, github_token=secret_gh, wandb_api_key="wandb-SECRET-key-42")
+    result = bootstrap(env, backend, run_id, token, config, mode="print_token")
+    assert result.returncode == 0, result.stderr
+    shipped = json.dumps(backend.entries(run_id)) + json.dumps(backend.heartbeats(run_id))
+    for secret in (token, secret_gh):
+        assert secret not in result.stdout + result.stderr
+        assert secret not in shipped
+    assert "***" in shipped, "the token Codex printed was redacted, not dropped"
+    state = env.state(run_id)
+    for path in state.glob("*.log"):
+        assert token not in path.read_text(errors="replace")
+    assert state.stat().st_mode & 0o777 == 0o700
+    for name in ("codex.out", "outbox.jsonl", "bootstrap.jsonl", "shipper.json"):
+        assert (state / name).stat().st_mode & 0o777 == 0o600
+    assert token not in (state / "outbox.jsonl").read_text(errors="replace")
+
+
+def test_413_entry_replaced_by_placeholder(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    backend.set_faults(max_body_bytes=6000)
+    result = bootstrap(env, backend, run_id, token, config, mode="big_line=20000")
+    assert result.returncode == 0, result.stderr
+    entries = backend.entries(run_id)
+    dropped = [e for e in entries if e["extra"].get("dropped")]
+    assert len(dropped) == 1
+    extra = dropped[0]["extra"]
+    assert dropped[0]["message"] == "Log entry dropped: too large"
+    assert extra["drop_reason"] == "payload_too_large" and extra["message_bytes"] > 6000
+    seqs = [e["extra"]["seq"] for e in entries]
+    assert seqs == list(range(1, len(entries) + 1)), "the placeholder keeps the entry's seq"
+
+
+def test_mock_mode_end_to_end(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    result = bootstrap(env, backend, run_id, token, config, BOOTSTRAP_MOCK_CODEX="1",
+                       PATH="/usr/bin:/bin")
+    assert result.returncode == 0, result.stderr
+    assert backend.run(run_id)["state"] == "complete"
+    assert backend.artifacts(run_id)
+    kinds = {e["extra"]["run_event_kind"] for e in backend.entries(run_id)}
+    assert {"command_started", "command_finished", "codex_event"} <= kinds
+
+
+def test_artifact_outside_workspace_is_never_read(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    secret_file = env.tmp / "outside-secret.txt"
+    secret_file.write_text("TOP-SECRET-CONTENT")
+    ws = env.workspace(run_id)
+    ws.mkdir(parents=True)
+    (ws / "link.txt").symlink_to(secret_file)
+    manifest = [{"artifact_type": "text", "payload": {"path": "link.txt"}},
+                {"artifact_type": "text", "payload": {"path": str(secret_file)}},
+                {"artifact_type": "text", "payload": {"path": "../outside-secret.txt"}},
+                {"artifact_type": "text", "payload": {"content": "inline ok"}}]
+    result = bootstrap(env, backend, run_id, token, config, mode="manifest_json",
+                       FAKE_CODEX_MANIFEST=json.dumps(manifest))
+    assert result.returncode == 0, result.stderr
+    posted = json.dumps(backend.artifacts(run_id))
+    assert "TOP-SECRET-CONTENT" not in posted
+    assert "inline ok" in posted
+    warnings = [e["message"] for e in backend.entries(run_id) if e["level"] == "warning"]
+    assert sum("outside" in w for w in warnings) >= 3
