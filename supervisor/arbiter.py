@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
 
 from supervisor.settings import Timing
 from workers.runtime import Channels, run_worker
+from workers.spool import write_atomic
 
 # A worker that lived this long before dying is not "dying instantly".
 STABLE_AFTER = 5.0
@@ -110,6 +112,13 @@ class Arbiter:
         slot.restart_at = None
         for message in slot.sticky:
             channels.commands.put(message)
+        self._publish_pids()
+
+    def _publish_pids(self) -> None:
+        """workers.json in the state folder: which pid is which worker, for a
+        person debugging a run (and for the fault tests)."""
+        pids = {name: s.process.pid for name, s in self.slots.items() if s.process is not None}
+        write_atomic(self.state_dir / "workers.json", orjson.dumps({"supervisor": os.getpid(), **pids}))
 
     def send(self, name: str, *message: Any, sticky: bool = False) -> None:
         slot = self.slots[name]

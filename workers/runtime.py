@@ -124,6 +124,8 @@ def run_worker(target: Callable[..., None], channels: Channels, log_path: Path, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != channels.parent_pid:
         _orphaned(channels)
+    if os.environ.get("FLYWHEEL_FAULT_CRASH_WORKER") == channels.name:
+        os._exit(70)  # fault injection for tests: a worker that dies instantly, forever
     # A worker's own stderr goes to a private file: a traceback there must not
     # spill onto the user's terminal, and the supervisor reports the restart.
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
