@@ -53,6 +53,7 @@ class _Slot:
     restart_at: float | None = None
     sticky: list[tuple[Any, ...]] = field(default_factory=list)
     last_exit: str = ""
+    gave_up: bool = False
 
 
 def describe_exit(code: int | None) -> str:
@@ -83,6 +84,8 @@ class Arbiter:
         self.notify = notify  # one line about a restart, for the user and the log
         self.slots = {s.name: _Slot(s) for s in specs}
         self._next_liveness_check = 0.0
+        # Workers given up on, in order; the supervisor decides what that means.
+        self.failures: list[WorkerGaveUp] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -126,6 +129,9 @@ class Arbiter:
             slot.sticky.append(message)
         if slot.channels is not None and slot.restart_at is None:
             slot.channels.commands.put(message)
+
+    def gave_up(self, name: str) -> bool:
+        return self.slots[name].gave_up
 
     def pid(self, name: str) -> int | None:
         proc = self.slots[name].process
@@ -189,6 +195,8 @@ class Arbiter:
     def _reap(self) -> None:
         now = time.monotonic()
         for slot in self.slots.values():
+            if slot.gave_up:
+                continue
             if slot.restart_at is not None:
                 if now >= slot.restart_at:
                     self._spawn(slot)
@@ -203,7 +211,10 @@ class Arbiter:
         lived = now - slot.started_at
         slot.quick_deaths = 0 if lived >= STABLE_AFTER else slot.quick_deaths + 1
         if slot.quick_deaths > self.timing.max_restarts:
-            raise WorkerGaveUp(slot.spec.name, slot.quick_deaths, why)
+            slot.gave_up = True
+            slot.process = slot.channels = None
+            self.failures.append(WorkerGaveUp(slot.spec.name, slot.quick_deaths - 1, why))
+            return
         delay = 0.0 if slot.quick_deaths <= 1 else min(2.0, 0.05 * 2**slot.quick_deaths)
         self.notify(f"{slot.spec.name} worker {why}; starting a new one")
         slot.process.join(0)

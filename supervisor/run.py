@@ -98,6 +98,8 @@ class RunSupervisor:
     def wait_event(self, worker: str, kind: str, job: Any, deadline: float | None) -> tuple[Any, ...] | None:
         """Supervise until `worker` reports (`kind`, `job`, …), or the deadline."""
         while deadline is None or time.monotonic() < deadline:
+            if self.arbiter.gave_up(worker):
+                return None
             timeout = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             for name, message in self.arbiter.poll(timeout, [self.interrupts]):
                 if name == worker and message[0] == kind and message[1] == job:
@@ -126,6 +128,8 @@ class RunSupervisor:
             while end is None:
                 timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
                 self.arbiter.poll(timeout, [self.interrupts, *proc.waitables()])
+                if self.arbiter.failures:
+                    raise self.arbiter.failures[0]
                 if proc.returncode is not None:
                     end = CodexEnd(proc.returncode)
                 elif self.interrupts.received:
@@ -171,6 +175,8 @@ class RunSupervisor:
         self.arbiter.start()
         try:
             decision = self._work()
+            if self.arbiter.failures:
+                raise self.arbiter.failures[0]
         except WorkerGaveUp as exc:
             decision = Decision(Action.ERROR, False, f"bootstrap failed: {exc}")
             self.echo(f"run {s.run_id}: {exc}")
@@ -254,7 +260,7 @@ class RunSupervisor:
             notes = git_persist.persist(
                 self.repo, self.prep.workspace, self.state, self.prep.settings.run_id, failed=failed,
                 exclude=artifact_files(artifacts, self.prep.workspace), refresh_token=refresh,
-                max_file_bytes=git_persist.max_commit_file_bytes(self.prep.env),
+                max_file_bytes=self.prep.git_max_file_bytes,
             )
         self._write_notes(notes)
 
@@ -275,8 +281,8 @@ class RunSupervisor:
         self.arbiter.send(SHIPPER, "drain", "final", sticky=True)
         try:
             drained = self.wait_event(SHIPPER, "drained", "final", deadline)
-        except (Cancelled, WorkerGaveUp) as exc:
-            if isinstance(exc, Cancelled) and decision.action is not Action.ERROR:
+        except Cancelled:
+            if decision.action is not Action.ERROR:
                 decision = Decision(Action.ERROR, False, f"cancelled ({self.interrupts.name})")
             deadline = bounded()
             drained = None

@@ -1,0 +1,195 @@
+"""SPEC section 9's faults, each caused for real: workers SIGKILLed and
+SIGSTOPped, the backend down, the supervisor killed, bootstrap interrupted."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+
+import pytest
+
+from supervisor.local_backend import LocalBackend
+from tests.conftest import Env
+from tests.faultkit import (
+    alive,
+    assert_all_delivered_once,
+    codex_calls,
+    kill,
+    shipper_state,
+    wait_until,
+    workers,
+)
+
+WORKERS = ["log-shipper", "heartbeat", "artifact-watcher"]
+
+
+def launch(env: Env, backend: LocalBackend, mode: str, **extra: str) -> tuple[str, subprocess.Popen[str]]:
+    run_id, token = backend.create_run(prompt="Work.")
+    proc = env.start("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
+                     extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": mode, **extra})
+    return run_id, proc
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 90) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"bootstrap did not finish within {timeout} s:\n{err}")
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_sigkilled_worker_is_replaced_and_nothing_is_lost(env: Env, backend: LocalBackend, name: str) -> None:
+    run_id, proc = launch(env, backend, "lines=1500,delay=0.002")
+    state = env.state(run_id)
+    wait_until(lambda: backend.entry_count(run_id) > 20, 30, "the first entries")
+    old = wait_until(lambda: workers(state).get(name), 10, f"the {name} pid")
+    assert kill(old, signal.SIGKILL)
+    wait_until(lambda: workers(state).get(name, old) != old, 5, f"a new {name} worker")
+    code, err = finish(proc)
+    assert code == 0, err
+    assert backend.run(run_id)["state"] == "complete"
+    assert_all_delivered_once(backend.entries(run_id), state / "codex.out")
+    assert any(f"{name} worker killed by SIGKILL" in e["message"] for e in backend.entries(run_id))
+    assert "Traceback" not in err
+
+
+def test_soak_twenty_random_worker_kills_during_10000_lines(env: Env, backend: LocalBackend) -> None:
+    run_id, proc = launch(env, backend, "lines=10000,delay=0.0006",
+                          FLYWHEEL_TIMING_MAX_RESTARTS="100")
+    state = env.state(run_id)
+    wait_until(lambda: workers(state), 20, "the workers")
+    rng = random.Random(20261129)
+    kills = 0
+    for _ in range(400):
+        if kills >= 20 or proc.poll() is not None:
+            break
+        pids = workers(state)
+        name = rng.choice(WORKERS)
+        if pids.get(name) and kill(pids[name], signal.SIGKILL):
+            kills += 1
+            # the next kill waits for the replacement, so each kill hits a live worker
+            wait_until(lambda: workers(state).get(name) not in (None, pids[name]), 10, f"a new {name}")
+        wait_until(lambda: True, 0, "")
+        try:
+            proc.wait(rng.uniform(0.05, 0.25))
+        except subprocess.TimeoutExpired:
+            pass
+    assert kills >= 10, f"only {kills} kills landed before the run ended"
+    code, err = finish(proc)
+    assert code == 0, err
+    assert_all_delivered_once(backend.entries(run_id), state / "codex.out")
+    codex = {e["extra"]["seq"] for e in backend.entries(run_id) if e["extra"]["run_event_source"] == "codex"}
+    assert len(codex) >= 10000
+
+
+def test_sigstopped_worker_is_detected_and_replaced(env: Env, backend: LocalBackend) -> None:
+    run_id, proc = launch(env, backend, "lines=1000,delay=0.004")
+    state = env.state(run_id)
+    wait_until(lambda: backend.entry_count(run_id) > 10, 30, "the first entries")
+    old = wait_until(lambda: workers(state).get("log-shipper"), 10, "the shipper pid")
+    assert kill(old, signal.SIGSTOP)
+    wait_until(lambda: workers(state).get("log-shipper", old) != old, 15, "the hung shipper replaced")
+    wait_until(lambda: not alive(old), 5, "the hung shipper killed")
+    code, err = finish(proc)
+    assert code == 0, err
+    assert_all_delivered_once(backend.entries(run_id), state / "codex.out")
+    assert any("hung" in e["message"] for e in backend.entries(run_id))
+
+
+def test_worker_that_keeps_dying_fails_the_run_with_its_name(env: Env, backend: LocalBackend) -> None:
+    run_id, proc = launch(env, backend, "sleep=30", FLYWHEEL_FAULT_CRASH_WORKER="heartbeat",
+                          FLYWHEEL_TIMING_MAX_RESTARTS="3")
+    code, err = finish(proc, timeout=60)
+    assert code == 1
+    run = backend.run(run_id)
+    assert run["state"] == "error" and "heartbeat worker kept dying" in run["reason"]
+    assert "heartbeat worker kept dying" in err and "Traceback" not in err
+
+
+def test_backend_503_for_a_while_then_everything_arrives_in_order(env: Env, backend: LocalBackend) -> None:
+    run_id, proc = launch(env, backend, "lines=1500,delay=0.002")
+    state = env.state(run_id)
+    wait_until(lambda: backend.entry_count(run_id) > 20, 30, "the first entries")
+    backend.set_faults(status=503, status_for_s=4)
+    before = len(backend.heartbeats(run_id))
+    code, err = finish(proc)
+    assert code == 0, err
+    assert backend.run(run_id)["state"] == "complete"
+    entries = backend.entries(run_id)
+    assert_all_delivered_once(entries, state / "codex.out")
+    received = [e["extra"]["seq"] for e in backend.entries(run_id, dedupe=True)]
+    assert received == sorted(received), "delivered in seq order"
+    assert len(backend.heartbeats(run_id)) > before, "heartbeats resumed"
+
+
+def test_backend_refusing_connections_then_back_on_same_port(env: Env, backend: LocalBackend) -> None:
+    run_id, proc = launch(env, backend, "lines=1500,delay=0.002")
+    state = env.state(run_id)
+    wait_until(lambda: backend.entry_count(run_id) > 20, 30, "the first entries")
+    backend.stop()
+    # Codex keeps going while the backend is away: its output piles up in the spool.
+    wait_until(lambda: shipper_state(state).get("next_seq", 0) - shipper_state(state).get("delivered", 0) > 300,
+               30, "a backlog in the spool")
+    backend.start()
+    code, err = finish(proc)
+    assert code == 0, err
+    assert backend.run(run_id)["state"] == "complete"
+    assert_all_delivered_once(backend.entries(run_id), state / "codex.out")
+
+
+def test_supervisor_sigkill_leaves_no_process_behind(env: Env, backend: LocalBackend) -> None:
+    pidfile = env.tmp / "child.pid"
+    log = env.tmp / "codex.jsonl"
+    run_id, proc = launch(env, backend, "spawn_child,sleep=60", FAKE_CODEX_PIDFILE=str(pidfile),
+                          FAKE_CODEX_LOG=str(log))
+    state = env.state(run_id)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "codex's child")
+    codex_pid = wait_until(lambda: codex_calls(log) and codex_calls(log)[0]["pid"], 10, "codex's pid")
+    pids = [int(pidfile.read_text()), codex_pid,
+            *[p for n, p in wait_until(lambda: workers(state), 5, "workers").items() if n != "supervisor"]]
+    proc.kill()
+    proc.wait()
+    wait_until(lambda: not any(alive(p) for p in pids), 5, "codex, its child and the workers to die")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupt_cancels_codex_and_reports_error(env: Env, backend: LocalBackend, sig: int, code: int) -> None:
+    pidfile = env.tmp / "child.pid"
+    log = env.tmp / "codex.jsonl"
+    run_id, proc = launch(env, backend, "spawn_child,sleep=60", FAKE_CODEX_PIDFILE=str(pidfile),
+                          FAKE_CODEX_LOG=str(log))
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "codex's child")
+    codex_pid = codex_calls(log)[0]["pid"]
+    proc.send_signal(sig)
+    exit_code, err = finish(proc, timeout=30)
+    assert exit_code == code, err
+    run = backend.run(run_id)
+    assert run["state"] == "error" and run["reason"] == f"cancelled ({signal.Signals(sig).name})"
+    assert not alive(codex_pid) and not alive(int(pidfile.read_text()))
+    assert "Traceback" not in err
+
+
+def test_restart_after_crash_delivers_the_spool_first(env: Env, backend: LocalBackend) -> None:
+    run_id, token = backend.create_run(prompt="Work.")
+    config = str(env.config())
+    backend.set_faults(status=503, paths=["/logs"])
+    proc = env.start("--run-id", run_id, "--config", config, "--server", backend.url,
+                     extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "lines=500,sleep=60"})
+    state = env.state(run_id)
+    wait_until(lambda: shipper_state(state).get("next_seq", 0) > 500, 30, "500 entries spooled")
+    proc.kill()
+    proc.wait()
+    wait_until(lambda: not any(alive(p) for p in workers(state).values()), 5, "the old processes gone")
+    assert backend.entry_count(run_id) == 0
+    backend.clear_faults()
+    again = env.run("--run-id", run_id, "--config", config, "--server", backend.url,
+                    extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "ok"})
+    assert again.returncode == 0, again.stderr
+    entries = backend.entries(run_id)
+    assert_all_delivered_once(entries, state / "codex.out")
+    first_launch = [e["extra"]["seq"] for e in entries if e["message"] == "codex exec launched"]
+    assert len(first_launch) == 2 and entries[0]["extra"]["seq"] == 1

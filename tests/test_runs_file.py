@@ -1,0 +1,191 @@
+"""The runs file of `--runs FILE`: text and JSON lines, defaults, every bad line at once."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from supervisor.errors import ConfigError
+from supervisor.runs_file import RunSpec, parse_runs, permission_warning, read_runs
+
+DEFAULT = Path("/etc/flywheel/config.toml")
+SERVER = "http://localhost:8000"
+
+
+def parse(text: str, **kwargs: object) -> list[RunSpec]:
+    options: dict[str, object] = {
+        "source": "runs.txt",
+        "default_config": DEFAULT,
+        "default_server": SERVER,
+        "base_dir": Path("/data/batch"),
+    }
+    options.update(kwargs)
+    return parse_runs(text, **options)  # type: ignore[arg-type]
+
+
+def test_text_lines_defaults_and_overrides() -> None:
+    specs = parse(
+        "# nightly batch\n"
+        "\n"
+        "r1 tok-1\n"
+        "   r2   tok-2   config=other.toml  server=https://fw.example.com/  gpus=2,3  # big one\n"
+        "r3 tok3== config=~/c.toml gpus=GPU-aaaa\n"
+    )
+    assert [s.run_id for s in specs] == ["r1", "r2", "r3"]
+    assert specs[0] == RunSpec("r1", "tok-1", DEFAULT, SERVER, None, 3)
+    assert specs[1].config == Path("/data/batch/other.toml")
+    assert specs[1].server == "https://fw.example.com"
+    assert specs[1].gpus == ("2", "3")
+    assert specs[1].line == 4
+    # Base64 padding in a token is not mistaken for a key.
+    assert specs[2].token == "tok3=="
+    assert specs[2].config == Path("~/c.toml").expanduser()
+    assert specs[2].gpus == ("GPU-aaaa",)
+
+
+def test_json_lines_mix_with_text_lines() -> None:
+    specs = parse('r1 t1\n{"run_id": "r2", "token": "t2"}\n  {"run_id": "r3", "token": "t3"}\n')
+    assert [(s.run_id, s.token, s.line) for s in specs] == [("r1", "t1", 1), ("r2", "t2", 2), ("r3", "t3", 3)]
+
+
+def test_json_line_values() -> None:
+    specs = parse(
+        '{"run_id": "r2", "token": "t2", "config": "/x/my config.toml", "gpus": [0, 1]}\n'
+        '{"run_id": 17, "token": "t3", "server": "http://10.0.0.5:8000", "gpus": "4"}\n'
+    )
+    assert specs[0].config == Path("/x/my config.toml")
+    assert specs[0].gpus == ("0", "1")
+    assert specs[1].run_id == "17"
+    assert specs[1].server == "http://10.0.0.5:8000"
+    assert specs[1].gpus == ("4",)
+    assert specs[1].config == DEFAULT
+
+
+def test_every_bad_line_is_reported_with_its_number() -> None:
+    text = (
+        "r1 t1\n"
+        "r2\n"                                    # 2: missing token
+        "r1 t9\n"                                 # 3: duplicate id
+        "r4 t4 colour=blue\n"                     # 4: unknown key
+        '{"run_id": "r5", "token": "t5", "gpu": [1]}\n'  # 5: unknown JSON key
+        '{"run_id": "r6", "token": \n'            # 6: invalid JSON
+        "r7 t7 gpus=\n"                           # 7: empty gpus
+        "r8 t8 server=ftp://x\n"                  # 8: bad server
+        "r9 t9 config=a.toml config=b.toml\n"     # 9: key twice
+        '{"run_id": "r10", "token": "t 10"}\n'    # 10: whitespace in a token
+        '["r11", "t11"]\n'                        # a text line with an odd id: fine
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    message = caught.value.message
+    lines = message.splitlines()
+    assert "9 bad lines in runs.txt; no run was started" in lines[0]
+    assert len(lines) == 10
+    for number, needle in [
+        (2, "has no token"),
+        (3, "duplicate run id 'r1' (first on line 1)"),
+        (4, "unknown key 'colour'"),
+        (5, "unknown key 'gpu'"),
+        (6, "not valid JSON"),
+        (7, "gpus"),
+        (8, "is not an http:// or https:// URL"),
+        (9, "config= given twice"),
+        (10, "token contains whitespace"),
+    ]:
+        assert any(line.startswith(f"runs.txt:{number}: ") and needle in line for line in lines), (
+            number,
+            message,
+        )
+    assert caught.value.exit_code == 2
+
+
+def test_tokens_never_appear_in_errors_or_repr() -> None:
+    secret = "SeCrEtToKeN123"
+    with pytest.raises(ConfigError) as caught:
+        parse(
+            f"r1 {secret}\n"
+            f"r1 {secret}\n"                      # duplicate
+            f"r2 tok config=a.toml {secret}\n"    # stray positional field
+            f"r3 tok {secret}Abc=xyz\n"            # looks like key=value, is not a key
+            f'{{"run_id": "r4", "token": "{secret}", "{secret}": 1}}\n'
+        )
+    assert secret not in caught.value.message
+    assert caught.value.message.count("\n") == 4
+    spec = parse(f"r1 {secret}")[0]
+    assert secret not in repr(spec)
+
+
+def test_missing_config_without_default() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse("r1 t1\nr2 t2 config=/c.toml\n", default_config=None)
+    assert "runs.txt:1: run 'r1' has no config: add config=PATH or pass --config" in caught.value.message
+    assert "runs.txt:2" not in caught.value.message
+
+
+@pytest.mark.parametrize("run_id", ["../x", "a/b", ".."])
+def test_run_ids_that_cannot_be_folder_names(run_id: str) -> None:
+    with pytest.raises(ConfigError, match="cannot be used as a folder name"):
+        parse(f"{run_id} tok")
+
+
+def test_empty_file_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="lists no runs"):
+        parse("# only a comment\n\n")
+
+
+def test_gpus_lists_checked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse('r1 t gpus=0,0\n{"run_id": "r2", "token": "t", "gpus": [true]}\nr3 t gpus=1,,2\n')
+    message = caught.value.message
+    assert "runs.txt:1: run 'r1': gpus lists a GPU twice" in message
+    assert "runs.txt:2:" in message and "runs.txt:3:" in message
+
+
+def test_read_runs_from_file_warns_when_others_can_read(tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    path = tmp_path / "runs.txt"
+    path.write_text("r1 t1 config=cfg/config.toml\n")
+    os.chmod(path, 0o644)
+    specs, warnings = read_runs(str(path), io.StringIO(), default_config=None, default_server=SERVER)
+    assert specs[0].config == tmp_path / "cfg" / "config.toml"
+    assert len(warnings) == 1
+    assert "readable by other users" in warnings[0] and "chmod 600" in warnings[0]
+    assert "t1" not in warnings[0]
+
+    os.chmod(path, 0o600)
+    _, warnings = read_runs(str(path), io.StringIO(), default_config=None, default_server=SERVER)
+    assert warnings == []
+
+
+def test_read_runs_from_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    specs, warnings = read_runs(
+        "-", io.StringIO("r1 t1 config=c.toml\n{\"run_id\": \"r2\", \"token\": \"t2\"}\n"),
+        default_config=DEFAULT, default_server=SERVER,
+    )
+    assert [s.config for s in specs] == [tmp_path / "c.toml", DEFAULT]
+    assert warnings == []
+
+
+def test_read_runs_bad_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_runs(str(tmp_path / "nope.txt"), io.StringIO(), default_config=DEFAULT, default_server=SERVER)
+    with pytest.raises(ConfigError, match="is a folder"):
+        read_runs(str(tmp_path), io.StringIO(), default_config=DEFAULT, default_server=SERVER)
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"r1 t\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_runs(str(bad), io.StringIO(), default_config=DEFAULT, default_server=SERVER)
+    errors = tmp_path / "errors.txt"
+    errors.write_text("r1\n")
+    with pytest.raises(ConfigError, match=rf"{errors}:1: run 'r1' has no token"):
+        read_runs(str(errors), io.StringIO(), default_config=DEFAULT, default_server=SERVER)
+
+
+def test_permission_warning_only_for_regular_files() -> None:
+    assert permission_warning(Path("/dev/stdin"), 0o020644) is None
+    assert permission_warning(Path("x"), 0o100600) is None
+    assert permission_warning(Path("x"), 0o100640) is not None
