@@ -672,11 +672,6 @@ def test_live_view_fits_a_short_terminal() -> None:
 # --------------------------------------------------------------------- end to end
 
 
-def _cli_supports_runs() -> bool:
-    return (ROOT / "supervisor" / "pool_cli.py").exists()
-
-
-@pytest.mark.skipif(not _cli_supports_runs(), reason="the --runs command line is not wired yet")
 def test_runs_file_end_to_end_with_the_mock_agent(env: Any, backend: LocalBackend) -> None:
     runs = [backend.create_run(prompt=f"task {i}") for i in range(3)]
     runs_file = env.tmp / "runs.txt"
@@ -694,7 +689,6 @@ def test_runs_file_end_to_end_with_the_mock_agent(env: Any, backend: LocalBacken
     assert "3 runs: 3 complete" in result.stdout + result.stderr
 
 
-@pytest.mark.skipif(not _cli_supports_runs(), reason="the --runs command line is not wired yet")
 def test_bad_runs_file_end_to_end(env: Any) -> None:
     result = env.run("--runs", "-", "--config", str(env.config()), stdin="r1\nr2 t2 foo=bar\nr2 t\n")
     assert result.returncode == 2
