@@ -76,8 +76,10 @@ class Backend:
             {"X-Run-Token": token, "Content-Type": "application/json", "Accept": "application/json"}
         )
         self._session.trust_env = False  # a proxy env var must not reroute loopback traffic
-        # No automatic redirects: a redirect could carry the token to another host.
-        self._session.max_redirects = 0
+        # No redirects are followed (the adapter never does): a redirect could
+        # carry the token to another host.
+        self._adapter = self._session.get_adapter(self.base)
+        self._prepared: dict[str, requests.PreparedRequest] = {}
 
     def close(self) -> None:
         self._session.close()
@@ -91,11 +93,20 @@ class Backend:
     def post_once(self, path: str, body: bytes | dict[str, Any]) -> Answer:
         """One attempt. Transport failures come back as Answer(0) with no exception."""
         data = body if isinstance(body, bytes) else orjson.dumps(body)
+        request = self._prepared.get(path)
+        if request is None:
+            # Prepared once per path: merging session settings, cookies and
+            # proxies on every call costs more than the request on loopback.
+            request = self._session.prepare_request(requests.Request("POST", self.base + path, data=b"{}"))
+            self._prepared[path] = request
+        request.body = data
+        request.headers["Content-Length"] = str(len(data))
         try:
-            r = self._session.post(self.base + path, data=data, timeout=self._timeout, allow_redirects=False)
+            r = self._adapter.send(request, timeout=self._timeout)
+            content = r.content
         except requests.RequestException:
             return Answer(0)
-        return Answer(r.status_code, r.content)
+        return Answer(r.status_code, content)
 
     def post(
         self,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from workers.spool import EntryLog, LineTail, ShipperState, outbox_lines, terminate_last_line
+from workers.spool import EntryLog, LineTail, OutboxReader, ShipperState, terminate_last_line
 
 
 def test_linetail_returns_only_complete_lines(tmp_path: Path) -> None:
@@ -74,6 +74,8 @@ def test_shipper_state_roundtrip_and_corrupt_file(tmp_path: Path) -> None:
 def test_outbox_lines_stop_at_committed_size(tmp_path: Path) -> None:
     f = tmp_path / "outbox"
     f.write_bytes(b"a\nb\nc-torn")
-    got = list(outbox_lines(f, 0, 4, 10))
+    reader = OutboxReader(f)
+    got = list(reader.lines(0, 4, 10))
+    reader.close()
     assert got == [(b"a", 2), (b"b", 4)]
     assert os.path.getsize(f) == 10

@@ -32,8 +32,8 @@ from workers.spool import (
     CODEX_OUT,
     OUTBOX,
     LineTail,
+    OutboxReader,
     ShipperState,
-    outbox_lines,
     utc_now,
 )
 
@@ -71,6 +71,7 @@ class Shipper:
         # they are encoded again from the committed input offsets.
         os.ftruncate(fd, self.state.outbox_size)
         self.outbox_fd = fd
+        self.outbox = OutboxReader(outbox)
         self.codex = LineTail(self.dir / CODEX_OUT, self.state.codex_offset)
         self.boot = LineTail(self.dir / BOOTSTRAP_LOG, self.state.boot_offset)
         self.backend = Backend(cfg.server, cfg.run_id, cfg.token, cfg.timing)
@@ -140,7 +141,7 @@ class Shipper:
         """Deliver the next batch (or single entry) from the outbox."""
         limit = self.cfg.batch_entries if self.cfg.log_batch else 1
         lines, end, size = [], self.state.delivered_offset, 0
-        for line, pos in outbox_lines(self.dir / OUTBOX, end, self.state.outbox_size, limit):
+        for line, pos in self.outbox.lines(end, self.state.outbox_size, limit):
             if lines and size + len(line) > self.cfg.batch_bytes:
                 break
             lines.append(line)
@@ -215,26 +216,39 @@ class Shipper:
 
     def run(self) -> None:
         observer = watch_files(self.dir, {CODEX_OUT, BOOTSTRAP_LOG}, self.wake)
+        look = True  # read the spool files on the next turn
         try:
             while not self.stopping:
                 self.mb.tick()
-                self.wake.clear()
-                encoded = self.encode_new()
+                # Reading the files only when watchdog says they changed keeps
+                # the delivery loop free of needless syscalls.
+                encoded = self.encode_new() if self.wake.clear() or look else False
+                look = False
                 if self.state.pending:
                     try:
-                        self.deliver_some()
+                        self.deliver_burst()
                     except _Stop:
                         break
                     continue
-                if self.drain_id is not None and not encoded:
+                if self.drain_id is not None:
+                    if self.encode_new():
+                        continue
                     self.state.save(self.dir)
                     self.mb.put("drained", self.drain_id, self.state.delivered)
                     self.drain_id = None
                 if not encoded:
                     self._handle(self.mb.wait(IDLE_WAIT, [self.wake]))
+                    look = True
         finally:
             self.state.save(self.dir)
             observer.stop()
+
+    def deliver_burst(self, seconds: float = 0.2) -> None:
+        """Deliver for a while before looking at the spool files again."""
+        until = time.monotonic() + seconds
+        while self.state.pending and time.monotonic() < until and not self.stopping:
+            self.deliver_some()
+        self.mb.tick()
 
 
 def main(mailbox: Mailbox, cfg: ShipperConfig) -> None:

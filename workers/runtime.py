@@ -158,9 +158,12 @@ class WakePipe:
         except BlockingIOError:
             pass  # already awake
 
-    def clear(self) -> None:
+    def clear(self) -> bool:
+        """Empty the pipe; True if it had been poked since the last clear."""
+        poked = False
         try:
             while os.read(self.r, 4096):
-                pass
+                poked = True
         except BlockingIOError:
             pass
+        return poked

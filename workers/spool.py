@@ -125,26 +125,34 @@ class LineTail:
         self._scan = offset  # how far the current unfinished line was read
         self._head = bytearray()
         self._dropped = 0
+        self._file: Any = None
 
     def read(self, max_bytes: int = 8 * READ_CHUNK) -> list[Line]:
         """Complete lines from the current offset (at most about `max_bytes`).
         A last line without a newline waits: once Codex has exited, the
         supervisor terminates it with one (see `terminate_last_line`)."""
         lines: list[Line] = []
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
-            return lines
-        with f:
-            f.seek(self._scan)
-            budget = max_bytes
-            while budget > 0:
-                chunk = f.read(min(READ_CHUNK, budget))
-                if not chunk:
-                    break
-                budget -= len(chunk)
-                self._take(chunk, lines)
+        if self._file is None:
+            try:
+                # Kept open: the file is only ever appended to, never replaced.
+                self._file = open(self.path, "rb", buffering=0)
+            except FileNotFoundError:
+                return lines
+        f = self._file
+        f.seek(self._scan)
+        budget = max_bytes
+        while budget > 0:
+            chunk = f.read(min(READ_CHUNK, budget))
+            if not chunk:
+                break
+            budget -= len(chunk)
+            self._take(chunk, lines)
         return lines
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def _take(self, chunk: bytes, lines: list[Line]) -> None:
         start = 0
@@ -212,10 +220,17 @@ class ShipperState:
         return self.delivered_offset < self.outbox_size
 
 
-def outbox_lines(path: Path, start: int, stop: int, limit: int) -> Iterator[tuple[bytes, int]]:
-    """Up to `limit` encoded entries between two committed outbox offsets, with
-    the offset after each."""
-    with open(path, "rb") as f:
+class OutboxReader:
+    """Reads encoded entries between committed outbox offsets, through one
+    handle kept open for the shipper's lifetime."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")
+
+    def lines(self, start: int, stop: int, limit: int) -> Iterator[tuple[bytes, int]]:
+        """Up to `limit` entries from `start`, never past `stop`, with the
+        offset after each."""
+        f = self._file
         f.seek(start)
         pos = start
         for _ in range(limit):
@@ -226,3 +241,6 @@ def outbox_lines(path: Path, start: int, stop: int, limit: int) -> Iterator[tupl
                 return
             pos += len(line)
             yield line[:-1], pos
+
+    def close(self) -> None:
+        self._file.close()
