@@ -45,8 +45,20 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
         payload = backend.fetch_bootstrap()
     if payload is None:
         say(f"warning: run {run_id} was already claimed by another bootstrap (HTTP 409); nothing to do")
+        _mention_leftover_spool(prep.state_dir)
         return EXIT_OK
     return supervise(prep, payload, say)
+
+
+def _mention_leftover_spool(state_dir: Path) -> None:
+    """A crashed earlier start may have left entries that never reached the
+    backend; the backend will not take this run again, so say where they are."""
+    from workers.spool import ShipperState
+
+    state = ShipperState.load(state_dir)
+    waiting = state.next_seq - 1 - state.delivered
+    if waiting > 0:
+        say(f"note: {waiting} log entries of an earlier start were never delivered; they stay in {state_dir}")
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
