@@ -58,6 +58,30 @@ def find_thread_id(path: Path, start: int) -> str | None:
     return None
 
 
+def last_agent_message(path: Path, limit: int = 500) -> str | None:
+    """The last thing the agent said, for the run's summary. Only the file's
+    tail is read: the message is normally among the last few lines."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - 256 * 1024))
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        if b'"agent_message"' not in line:
+            continue
+        try:
+            item = orjson.loads(line).get("item") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        text = item.get("text") if isinstance(item, dict) else None
+        if isinstance(text, str) and text.strip():
+            text = " ".join(text.split())
+            return text if len(text) <= limit else text[: limit - 1] + "…"
+    return None
+
+
 class RunSupervisor:
     def __init__(self, prep: Prepared, payload: dict[str, Any], echo: Callable[[str], None]) -> None:
         self.prep = prep
@@ -73,7 +97,8 @@ class RunSupervisor:
         self.mp = multiprocess.get_context("fork")
         self.codex_pgid = self.mp.Value("i", 0, lock=False)
         self.env = codex_env(prep, payload)
-        self.repo = None
+        self.repo: git_persist.RepoContext | None = None
+        self.posted = 0
         self._jobs = itertools.count(1)
 
     # -- workers ---------------------------------------------------------------
@@ -196,6 +221,8 @@ class RunSupervisor:
         prompt = build_prompt(self.payload["prompt"], p.config.instructions)
         prompt_file = p.workspace / PROMPT_NAME
         prompt_file.write_text(prompt, encoding="utf-8")
+        if self.interrupts.received:
+            raise Cancelled()
         self.echo(f"run {p.settings.run_id}: codex running in {p.workspace}")
         end, start = self.run_codex(exec_argv(p.codex.argv_prefix, p.workspace, p.sandbox), prompt_file)
         manifest = read_manifest(p.workspace / MANIFEST_NAME)
@@ -232,6 +259,7 @@ class RunSupervisor:
         except Cancelled:
             message = self.wait_event(WATCHER, "posted", job, time.monotonic() + self.timing.flush_timeout)
         if message:
+            self.posted = message[2]
             self.echo(f"run {self.prep.settings.run_id}: {message[2]} artifact(s) posted"
                       + (f", {message[3]} skipped" if message[3] else ""))
 
@@ -288,9 +316,13 @@ class RunSupervisor:
             drained = None
         if drained is None:
             self.echo(f"run {s.run_id}: not every log entry could be delivered; they stay spooled in {self.state}")
-        path, body = (("/complete", {"summary": "Codex finished; artifacts posted"})
-                      if decision.action is Action.COMPLETE else
-                      ("/error", {"summary": "Run failed", "reason": self.redactor.text(decision.reason)}))
+        said = last_agent_message(self.state / CODEX_OUT)
+        if decision.action is Action.COMPLETE:
+            summary = f"Codex completed with {self.posted} artifact(s)" + (f": {said}" if said else "")
+            path, body = "/complete", {"summary": self.redactor.text(summary)}
+        else:
+            reason = self.redactor.text(decision.reason)
+            path, body = "/error", {"summary": f"Run failed: {reason.splitlines()[0]}", "reason": reason}
         with Backend(self.prep.server, s.run_id, s.token, self.timing) as backend:
             answer = backend.post(path, body, keep_trying=lambda: deadline is None or time.monotonic() < deadline)
         if not answer.ok:

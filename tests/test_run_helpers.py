@@ -1,0 +1,42 @@
+"""Small pure helpers of the run flow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from supervisor.codex_process import exec_argv, resume_argv
+from supervisor.run import find_thread_id, last_agent_message
+
+
+def write_lines(path: Path, *events: object) -> None:
+    path.write_bytes(b"".join((e if isinstance(e, bytes) else json.dumps(e).encode()) + b"\n" for e in events))
+
+
+def test_find_thread_id_from_the_offset_of_this_launch(tmp_path: Path) -> None:
+    out = tmp_path / "codex.out"
+    write_lines(out, {"type": "thread.started", "thread_id": "old"}, b"not json",
+                {"type": "thread.started", "thread_id": "new"})
+    assert find_thread_id(out, 0) == "old"
+    second = len(out.read_bytes().split(b"\n", 1)[0]) + 1
+    assert find_thread_id(out, second) == "new"
+    assert find_thread_id(tmp_path / "missing", 0) is None
+
+
+def test_last_agent_message_is_the_last_one_cleaned_and_cut(tmp_path: Path) -> None:
+    out = tmp_path / "codex.out"
+    msg = {"type": "item.completed", "item": {"type": "agent_message", "text": "first"}}
+    last = {"type": "item.completed", "item": {"type": "agent_message", "text": "done\n\n" + "x" * 1000}}
+    write_lines(out, msg, last, {"type": "turn.completed"})
+    said = last_agent_message(out)
+    assert said is not None and said.startswith("done x") and len(said) == 500
+    assert last_agent_message(tmp_path / "missing") is None
+
+
+def test_resume_puts_exec_flags_before_resume() -> None:
+    ws = Path("/w")
+    assert exec_argv(["codex"], ws, ["--sandbox", "workspace-write"]) == [
+        "codex", "exec", "--json", "--cd", "/w", "--skip-git-repo-check", "--sandbox", "workspace-write", "-"]
+    argv = resume_argv(["codex"], ws, ["--sandbox", "workspace-write"], "tid", "fix it")
+    assert argv[argv.index("resume"):] == ["resume", "tid", "fix it"]
+    assert argv.index("--cd") < argv.index("resume") and argv.index("--sandbox") < argv.index("resume")
