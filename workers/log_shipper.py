@@ -79,6 +79,7 @@ class Shipper:
         self.drain_id: Any = None
         self.stopping = False
         self._last_commit = 0.0
+        self._refusals: set[str] = set()
 
     # -- encode ----------------------------------------------------------------
 
@@ -200,10 +201,13 @@ class Shipper:
                 return False
 
     def _report_dropped(self, count: int, why: str) -> None:
-        # Not retried (SPEC 6): said once, locally, without the entry's content.
+        # Not retried (SPEC 6); said once per kind of refusal, locally, without
+        # the entries' content. shipper.json keeps the running count.
         self.state = self.state.evolve(dropped=self.state.dropped + count)
-        print(f"log-shipper: backend rejected {count} log entr{'y' if count == 1 else 'ies'} ({why}); dropped",
-              file=sys.stderr, flush=True)
+        if why not in self._refusals:
+            self._refusals.add(why)
+            print(f"log-shipper: the backend refused log entries ({why}); they are dropped, not retried "
+                  "(count in shipper.json)", file=sys.stderr, flush=True)
 
     # -- loop ------------------------------------------------------------------
 
