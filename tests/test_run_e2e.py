@@ -220,3 +220,29 @@ def test_artifact_outside_workspace_is_never_read(env: Env, backend: LocalBacken
     assert "inline ok" in posted
     warnings = [e["message"] for e in backend.entries(run_id) if e["level"] == "warning"]
     assert sum("outside" in w for w in warnings) >= 3
+
+
+def test_refused_entries_are_dropped_not_retried(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    backend.set_faults(status=400, status_count=3, paths=["/logs"])
+    result = bootstrap(env, backend, run_id, token, config)
+    assert result.returncode == 0, result.stderr
+    seqs = [e["extra"]["seq"] for e in backend.entries(run_id)]
+    assert len(seqs) == seqs[-1] - 3 and seqs == sorted(seqs)
+    log = (env.state(run_id) / "worker-log-shipper.log").read_text()
+    assert log.count("refused log entries") == 1
+
+
+def test_codex_timeout_stops_codex_and_reports_error(env: Env, backend: LocalBackend) -> None:
+    from tests.faultkit import alive, codex_calls
+
+    run_id, token, config = start_run(backend, env)
+    log = env.tmp / "codex.jsonl"
+    result = bootstrap(env, backend, run_id, token, config, "--codex-timeout", "1.5", mode="hang",
+                       FAKE_CODEX_LOG=str(log))
+    assert result.returncode == 1, result.stderr
+    run = backend.run(run_id)
+    assert run["state"] == "error" and run["reason"] == "codex timed out after 1.5 s"
+    assert not alive(codex_calls(log)[0]["pid"])
+    reconnecting = [e for e in backend.entries(run_id) if "Reconnecting" in e["message"]]
+    assert reconnecting and all(e["level"] == "warning" for e in reconnecting)
