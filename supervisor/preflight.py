@@ -7,13 +7,15 @@ reported to the backend: the run has not been claimed yet.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from supervisor.backend_client import validate_server_url
 from supervisor.codex_home import prepare_codex_home
-from supervisor.config import CodexConfig, load_config, sandbox_args
+from supervisor.config import NO_SANDBOX_MODE, CodexConfig, load_config, sandbox_args
 from supervisor.errors import ConfigError
 from supervisor.git_persist import max_commit_file_bytes
 from supervisor.provision import CodexCommand, find_codex, login_ok, terminal_progress
@@ -58,6 +60,20 @@ def check_token(token: str) -> None:
         raise ConfigError("the run token contains whitespace or control characters; copy it again")
 
 
+def sandbox_problem(codex: CodexCommand, mode: str | None, env: Mapping[str, str]) -> str | None:
+    """Codex's sandbox on Linux runs commands under bubblewrap: the npm package
+    bundles it next to the binary, a bare binary relies on the system's. Without
+    either, every command Codex runs fails (and the run still "succeeds")."""
+    if codex.source == "mock" or mode == NO_SANDBOX_MODE:
+        return None
+    binary = Path(os.path.realpath(codex.argv_prefix[0]))
+    if (binary.parent / "codex-resources" / "bwrap").exists() or shutil.which("bwrap", path=env.get("PATH")):
+        return None
+    return (f"Codex's sandbox needs bubblewrap, which is neither bundled with {binary} nor on PATH, so "
+            "every command Codex runs may fail: install it (e.g. `apt-get install bubblewrap`) or set "
+            'sandbox_mode = "danger-full-access" in the config')
+
+
 def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str], None]) -> Prepared:
     validate_run_id(settings.run_id)
     server = validate_server_url(settings.server)
@@ -87,6 +103,8 @@ def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str],
             )
         else:
             raise ConfigError(f"{LOGIN_HELP}\n(codex said: {detail.splitlines()[-1] if detail else 'nothing'})")
+    if problem := sandbox_problem(codex, cfg.sandbox_mode, env):
+        notes.append(problem)
     for note in notes:
         warn(note)
     return Prepared(

@@ -13,7 +13,7 @@ import itertools
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,48 @@ class Cancelled(Exception):
     """SIGINT/SIGTERM arrived; the run is to be reported as cancelled."""
 
 
+def codex_events(path: Path, start: int) -> Iterator[dict[str, Any]]:
+    """The JSON events Codex printed since `start`, in order."""
+    tail = LineTail(path, start)
+    try:
+        while lines := tail.read(max_bytes=4 * 1024 * 1024):
+            for line in lines:
+                try:
+                    event = orjson.loads(line.data)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(event, dict):
+                    yield event
+    finally:
+        tail.close()
+
+
 def find_thread_id(path: Path, start: int) -> str | None:
     """The session id Codex printed (its first event, normally) since `start`."""
-    tail = LineTail(path, start)
-    while lines := tail.read(max_bytes=4 * 1024 * 1024):
-        for line in lines:
-            try:
-                event = orjson.loads(line.data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(event, dict) and (found := thread_id_of(event)):
-                return found
-    return None
+    return next((found for event in codex_events(path, start) if (found := thread_id_of(event))), None)
+
+
+def last_failure(path: Path, start: int) -> str | None:
+    """Why Codex failed, in its own words. With --json it says so only on
+    stdout (`turn.failed`, else a top-level `error`); its stderr is empty."""
+    failed = error = None
+    for event in codex_events(path, start):
+        kind = event.get("type")
+        if kind == "turn.failed" and isinstance(event.get("error"), dict):
+            failed = event["error"].get("message") or failed
+        elif kind == "error" and isinstance(event.get("message"), str):
+            error = event["message"]
+    found = failed or error
+    return found.strip()[:1000] if isinstance(found, str) and found.strip() else None
+
+
+# Codex prints this under the system temp folder; it says nothing about a failure.
+_HARMLESS_STDERR = ("WARNING: proceeding, even though we could not",)
+
+
+def failure_detail(stderr: str, failure: str | None) -> str:
+    lines = [line for line in stderr.splitlines() if not line.startswith(_HARMLESS_STDERR)]
+    return "\n".join(part for part in (failure, "\n".join(lines).strip()) if part)
 
 
 def last_agent_message(path: Path, limit: int = 500) -> str | None:
@@ -228,7 +258,9 @@ class RunSupervisor:
         manifest = read_manifest(p.workspace / MANIFEST_NAME)
         has = manifest.status == "ok" and bool(manifest.artifacts)
         thread_id = find_thread_id(self.state / CODEX_OUT, start) if end.returncode == 0 else None
-        tail = stderr_tail(self.state / CODEX_ERR)
+        tail = ""
+        if end.returncode > 0:
+            tail = failure_detail(stderr_tail(self.state / CODEX_ERR), last_failure(self.state / CODEX_OUT, start))
         decision = decide(end, has_artifacts=has, resumed=False, thread_id_known=bool(thread_id),
                           stderr_tail=self.redactor.text(tail))
         if decision.action is Action.RESUME and thread_id:

@@ -40,3 +40,20 @@ def test_resume_puts_exec_flags_before_resume() -> None:
     argv = resume_argv(["codex"], ws, ["--sandbox", "workspace-write"], "tid", "fix it")
     assert argv[argv.index("resume"):] == ["resume", "tid", "fix it"]
     assert argv.index("--cd") < argv.index("resume") and argv.index("--sandbox") < argv.index("resume")
+
+
+def test_last_failure_prefers_turn_failed_and_drops_harmless_stderr(tmp_path: Path) -> None:
+    from supervisor.run import failure_detail, last_failure
+
+    out = tmp_path / "codex.out"
+    write_lines(out, {"type": "error", "message": "Reconnecting... 1/5"},
+                {"type": "error", "message": "unexpected status 500"},
+                {"type": "turn.failed", "error": {"message": "unexpected status 500"}})
+    assert last_failure(out, 0) == "unexpected status 500"
+    write_lines(out, {"type": "error", "message": "only an error"})
+    assert last_failure(out, 0) == "only an error"
+    write_lines(out, {"type": "turn.completed"})
+    assert last_failure(out, 0) is None
+    stderr = 'WARNING: proceeding, even though we could not create PATH aliases: x\nreal problem'
+    assert failure_detail(stderr, "boom") == "boom\nreal problem"
+    assert failure_detail("", None) == ""

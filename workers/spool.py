@@ -32,7 +32,9 @@ OUTBOX = "outbox.jsonl"
 SHIPPER_STATE = "shipper.json"
 
 # Lines longer than this keep only their head in memory; the rest is counted.
-MAX_LINE_BYTES = 1024 * 1024
+# Real Codex lines exceed 1 MiB routinely (a command's output keeps its first and
+# last 512 KiB, then JSON escaping grows it), and must still parse as events.
+MAX_LINE_BYTES = 8 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 
 
