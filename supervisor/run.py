@@ -146,6 +146,13 @@ class RunSupervisor:
                 blob_threshold=p.blob_threshold, **common),)),
         ]
 
+    def _poll(self, timeout: float, *extra: Any) -> list[tuple[str, tuple[Any, ...]]]:
+        """Supervise the workers for up to `timeout`, waking early for a signal
+        or for one of `extra` (Codex's pidfd)."""
+        events = self.arbiter.poll(timeout, [self.interrupts, *extra])
+        self.interrupts.drain()  # `received` keeps the record; the pipe only wakes us
+        return events
+
     def _notify(self, line: str) -> None:
         self.echo(f"run {self.prep.settings.run_id}: {line}")
         self.log.write("warning", line, "warning")
@@ -156,7 +163,7 @@ class RunSupervisor:
             if self.arbiter.gave_up(worker):
                 return None
             timeout = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-            for name, message in self.arbiter.poll(timeout, [self.interrupts]):
+            for name, message in self._poll(timeout):
                 if name == worker and message[0] == kind and message[1] == job:
                     return message
             if self.interrupts.received and deadline is None:
@@ -182,7 +189,7 @@ class RunSupervisor:
         try:
             while end is None:
                 timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
-                self.arbiter.poll(timeout, [self.interrupts, *proc.waitables()])
+                self._poll(timeout, *proc.waitables())
                 if self.arbiter.failures:
                     raise self.arbiter.failures[0]
                 if proc.returncode is not None:
@@ -213,7 +220,7 @@ class RunSupervisor:
         deadline = time.monotonic() + self.timing.kill_grace
         seen = len(self.interrupts.received)
         while proc.returncode is None and time.monotonic() < deadline:
-            self.arbiter.poll(min(0.5, deadline - time.monotonic()), [self.interrupts, *proc.waitables()])
+            self._poll(min(0.5, deadline - time.monotonic()), *proc.waitables())
             if len(self.interrupts.received) > seen:
                 break
         proc.kill_group()
@@ -355,8 +362,19 @@ class RunSupervisor:
         else:
             reason = self.redactor.text(decision.reason)
             path, body = "/error", {"summary": f"Run failed: {reason.splitlines()[0]}", "reason": reason}
+        def keep_trying() -> bool:
+            nonlocal deadline
+            if deadline is None and self.interrupts.received:
+                deadline = bounded()  # interrupted while the backend is down: try a while longer
+            return deadline is None or time.monotonic() < deadline
+
+        def sleep(seconds: float) -> bool:
+            # Keep supervising (and hear a Ctrl-C) between tries.
+            self._poll(seconds)
+            return False
+
         with Backend(self.prep.server, s.run_id, s.token, self.timing) as backend:
-            answer = backend.post(path, body, keep_trying=lambda: deadline is None or time.monotonic() < deadline)
+            answer = backend.post(path, body, keep_trying=keep_trying, sleep=sleep)
         if not answer.ok:
             self.echo(f"run {s.run_id}: could not deliver the {path[1:]} report (HTTP {answer.status or 'no answer'})")
         self.arbiter.stop([HEARTBEAT], timeout=2.0)

@@ -31,6 +31,13 @@ class Interrupts:
         except BlockingIOError:
             pass
 
+    def drain(self) -> None:
+        try:
+            while os.read(self.r, 64):
+                pass
+        except BlockingIOError:
+            pass
+
     def fileno(self) -> int:
         return self.r
 

@@ -193,3 +193,18 @@ def test_restart_after_crash_delivers_the_spool_first(env: Env, backend: LocalBa
     assert_all_delivered_once(entries, state / "codex.out")
     first_launch = [e["extra"]["seq"] for e in entries if e["message"] == "codex exec launched"]
     assert len(first_launch) == 2 and entries[0]["extra"]["seq"] == 1
+
+
+def test_interrupt_while_backend_is_down_ends_within_the_flush_bound(env: Env, backend: LocalBackend) -> None:
+    backend.set_faults(status=503, paths=["/logs", "/error", "/complete"])
+    run_id, proc = launch(env, backend, "ok")
+    state = env.state(run_id)
+    # Codex is done and its entries are spooled, but the backend takes none of them.
+    wait_until(lambda: b"turn.completed" in (state / "codex.out").read_bytes()
+               if (state / "codex.out").exists() else False, 30, "codex to finish")
+    wait_until(lambda: shipper_state(state).get("next_seq", 0) > 10, 10, "entries spooled")
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc, timeout=30)  # FLYWHEEL_TIMING_FLUSH_TIMEOUT is 5 s in tests
+    assert code == 143, err
+    assert "stay spooled" in err and "could not deliver the error report" in err
+    assert backend.entry_count(run_id) == 0

@@ -4,6 +4,7 @@ person can read at a glance."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,6 @@ def summarize(phase: str, codex_started: float | None, now: float, state: Shippe
 def _age(iso: str | None) -> float | None:
     if not iso:
         return None
-    from datetime import datetime
-
     try:
         then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except ValueError:
