@@ -22,6 +22,10 @@ FAKE = Path(__file__).resolve().parents[1] / "examples" / "fake_codex"
 REPO = FAKE.parents[1]
 EXEC = ["exec", "--json", "--cd", "{ws}", "--skip-git-repo-check", "--sandbox", "workspace-write", "-"]
 TIMEOUT = 30
+ALIAS_WARNING = b"WARNING: proceeding, even though we could not create PATH aliases: "
+MODEL_WARNING = ("Model metadata for `mock-model` not found. Defaulting to fallback metadata; "
+                 "this can degrade performance and cause issues.")
+FAILURE = "unexpected status 500 Internal Server Error: something failed"
 
 
 class Box:
@@ -94,6 +98,11 @@ def events(stdout: bytes) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in stdout.splitlines()]
 
 
+def stderr_text(done: subprocess.CompletedProcess[bytes]) -> bytes:
+    """stderr without the PATH-aliases warning (CODEX_HOME is under /tmp here)."""
+    return b"".join(ln for ln in done.stderr.splitlines(keepends=True) if not ln.startswith(ALIAS_WARNING))
+
+
 def read_until(proc: subprocess.Popen[bytes], predicate: Any) -> list[bytes]:
     """Lines of stdout up to and including the first that matches (EOF fails)."""
     assert proc.stdout is not None
@@ -113,16 +122,30 @@ def test_version(box: Box) -> None:
     assert (done.returncode, done.stdout) == (0, b"codex-cli 0.169.0\n")
 
 
+def test_path_alias_warning_comes_first_when_codex_home_is_under_the_temp_dir(box: Box) -> None:
+    done = box.run(["--version"], stdin=None)
+    [line] = done.stderr.splitlines()
+    assert line.startswith(ALIAS_WARNING + b"Refusing to create helper binaries under temporary dir")
+    assert str(box.home).encode() in line
+    clap = box.run(["frobnicate"], stdin=None)
+    assert clap.stderr.startswith(ALIAS_WARNING), "printed before the arguments are parsed"
+    elsewhere = box.run(["--version"], stdin=None, TMPDIR=str(box.ws))  # home is not under this temp dir
+    assert elsewhere.stderr == b""
+
+
 def test_login_status(box: Box) -> None:
     ok = box.run(["login", "status"], stdin=None)
     assert ok.returncode == 0 and b"Logged in using an API key" in ok.stderr and ok.stdout == b""
     out = box.run(["login", "status"], stdin=None, FAKE_CODEX_LOGGED_OUT="1", OPENAI_API_KEY="sk-x")
-    assert out.returncode == 1 and out.stderr.strip() == b"Not logged in"
+    assert out.returncode == 1 and stderr_text(out).strip() == b"Not logged in"
 
 
 def test_refuses_a_missing_codex_home(box: Box, tmp_path: Path) -> None:
-    done = box.run(box.args(EXEC), CODEX_HOME=str(tmp_path / "nope"))
-    assert done.returncode == 1 and b"CODEX_HOME points to" in done.stderr and done.stdout == b""
+    missing = tmp_path / "nope"
+    done = box.run(box.args(EXEC), CODEX_HOME=str(missing))
+    assert done.returncode == 1 and done.stdout == b""
+    why = f'CODEX_HOME points to "{missing}", but that path does not exist'.encode()
+    assert done.stderr.splitlines() == [ALIAS_WARNING + why, b"Error loading configuration: " + why]
 
 
 # ------------------------------------------------------------ exec
@@ -134,15 +157,22 @@ def test_exec_prints_codex_shaped_jsonl_and_writes_the_manifest(box: Box) -> Non
     lines = events(done.stdout)  # every stdout line is JSON
     assert lines[0]["type"] == "thread.started"
     uuid.UUID(lines[0]["thread_id"])
-    assert lines[1] == {"type": "turn.started"}
-    assert lines[-1]["type"] == "turn.completed" and lines[-1]["usage"]["input_tokens"] > 0
+    assert lines[1] == {"type": "item.completed", "item": {"id": "item_0", "type": "error", "message": MODEL_WARNING}}
+    assert lines[2] == {"type": "turn.started"}
+    assert lines[-1]["type"] == "turn.completed"
+    assert set(lines[-1]["usage"]) == {"input_tokens", "cached_input_tokens", "cache_write_input_tokens",
+                                       "output_tokens", "reasoning_output_tokens"}
+    assert lines[-1]["usage"]["input_tokens"] > 0
+    commands = [e["item"]["command"] for e in lines if e["type"] == "item.completed"
+                and e["item"]["type"] == "command_execution"]
+    assert commands[:2] == ["/bin/bash -lc ls", "/bin/bash -lc 'python3 --version'"]
     kinds = {(e["type"], e.get("item", {}).get("type")) for e in lines}
     assert {("item.started", "command_execution"), ("item.completed", "command_execution"),
             ("item.completed", "reasoning"), ("item.completed", "agent_message")} <= kinds
     manifest = json.loads((box.ws / "flywheel_artifacts.json").read_text())
     assert manifest == [{"artifact_type": "text", "payload": {"path": "report.md", "title": "Fake Codex report"}}]
     assert (box.ws / "report.md").read_text().startswith("# Fake Codex report")
-    assert b"Reading prompt from stdin" in done.stderr
+    assert stderr_text(done) == b"", "with --json only the PATH-aliases warning goes to stderr"
     [record] = box.records()
     assert record["argv"] == box.args(EXEC)
     assert (record["subcommand"], record["stdin"], record["prompt"]) == ("exec", "pipe", "do the task\n")
@@ -153,7 +183,8 @@ def test_every_line_maps_to_an_entry(box: Box) -> None:
     done = box.exec()
     entries = [codex_entry(raw, Redactor()) for raw in done.stdout.splitlines(keepends=True)]
     kinds = [e.extra["run_event_kind"] for e in entries]
-    assert kinds[:2] == ["codex_event", "codex_event"]
+    assert kinds[:3] == ["codex_event", "warning", "codex_event"]
+    assert (entries[1].level, entries[1].message) == ("warning", MODEL_WARNING)
     assert "command_started" in kinds and "command_finished" in kinds
     first = entries[0].extra["event"]
     assert entries[0].message == f"codex thread started ({thread_id_of(first)})"
@@ -179,6 +210,19 @@ def test_stdin_is_read_to_eof_even_with_the_prompt_as_an_argument(box: Box, proc
 def test_empty_prompt_on_stdin_is_an_error(box: Box) -> None:
     done = box.run(box.args(EXEC), stdin=b"")
     assert done.returncode == 1 and b"No prompt provided via stdin." in done.stderr
+
+
+def test_no_model_warning_for_a_known_model(box: Box) -> None:
+    base = ["exec", "--json", "--cd", str(box.ws), "--skip-git-repo-check"]
+    for args in ([*base, "-m", "gpt-5", "-"], ["-c", "model=gpt-5", *base, "-"], [*base, "-c", 'model="o3"', "-"]):
+        done = box.run(args)
+        assert done.returncode == 0
+        lines = events(done.stdout)
+        assert lines[1] == {"type": "turn.started"}, args
+        assert lines[2]["item"]["id"] == "item_0"
+    (box.home / "config.toml").write_text('model = "my-local-model"\n')
+    named = events(box.exec().stdout)[1]["item"]["message"]
+    assert named.startswith("Model metadata for `my-local-model` not found.")
 
 
 def test_without_json_only_the_last_message_goes_to_stdout(box: Box) -> None:
@@ -208,7 +252,7 @@ def test_without_json_only_the_last_message_goes_to_stdout(box: Box) -> None:
 def test_bad_arguments_exit_2_like_clap(box: Box, args: list[str], message: bytes) -> None:
     done = box.run(args, stdin=None)
     assert done.returncode == 2
-    assert done.stderr.startswith(b"error: ") and message in done.stderr
+    assert stderr_text(done).startswith(b"error: ") and message in done.stderr
     assert done.stdout == b""
 
 
@@ -244,6 +288,7 @@ def test_resume_keeps_the_thread_id_and_writes_the_manifest(box: Box) -> None:
     assert again.returncode == 0, again.stderr
     lines = events(again.stdout)
     assert lines[0] == {"type": "thread.started", "thread_id": thread}
+    assert lines[1]["item"]["type"] == "error" and lines[2] == {"type": "turn.started"}
     assert lines[-1]["type"] == "turn.completed"
     assert json.loads((box.ws / "flywheel_artifacts.json").read_text())[0]["artifact_type"] == "text"
     record = box.records()[1]
@@ -253,15 +298,25 @@ def test_resume_keeps_the_thread_id_and_writes_the_manifest(box: Box) -> None:
 
 
 def test_resume_needs_the_session_in_the_same_codex_home(box: Box) -> None:
-    done = box.resume(str(uuid.uuid4()))
-    assert done.returncode == 1 and b"no rollout found" in done.stderr
+    thread = str(uuid.uuid4())
+    done = box.resume(thread)
+    assert done.returncode == 1 and done.stdout == b""
+    assert stderr_text(done) == (b"Error: thread/resume: thread/resume failed: no rollout found for thread id "
+                                 + thread.encode() + b" (code -32600)\n")
+
+
+def test_resume_usage_line(box: Box) -> None:
+    done = box.run(["exec", "resume", "t", "p", "q"], stdin=None)
+    assert b"Usage: codex exec resume <SESSION_ID> [PROMPT]" in done.stderr
 
 
 def test_resume_fails_and_never_manifest(box: Box) -> None:
     thread = first_thread(box.exec("no_manifest"))
     failed = box.resume(thread, "resume_fails")
-    assert failed.returncode == 1 and b"Error: resume failed" in failed.stderr
-    assert events(failed.stdout)[-1]["type"] == "turn.failed"
+    assert failed.returncode == 1 and stderr_text(failed) == b""
+    message = "unexpected status 500 Internal Server Error: resume failed"
+    assert events(failed.stdout)[-2:] == [{"type": "error", "message": message},
+                                          {"type": "turn.failed", "error": {"message": message}}]
     never = box.resume(thread, "never_manifest")
     assert never.returncode == 0
     assert not (box.ws / "flywheel_artifacts.json").exists()
@@ -284,8 +339,10 @@ def test_manifest_json_is_written_verbatim(box: Box) -> None:
 def test_exit_code_mode(box: Box) -> None:
     done = box.exec("exit=3")
     assert done.returncode == 3
-    assert done.stderr.rstrip().endswith(b"Error: something failed")
-    assert events(done.stdout)[-1] == {"type": "turn.failed", "error": {"message": "something failed"}}
+    assert stderr_text(done) == b"", "the real one says why on stdout only"
+    assert events(done.stdout)[-2:] == [{"type": "error", "message": FAILURE},
+                                        {"type": "turn.failed", "error": {"message": FAILURE}}]
+    assert "something failed" in FAILURE  # what the bootstrap tests look for in the run's reason
     assert (box.ws / "flywheel_artifacts.json").exists()  # artifacts made before failing
 
 
@@ -296,25 +353,43 @@ def test_crash_is_a_sigkill_mid_line(box: Box) -> None:
     assert json.loads(done.stdout.splitlines()[0])["type"] == "thread.started"
 
 
-def test_sleep_dies_promptly_on_sigterm_with_143(box: Box, procs: list) -> None:
+def test_sleep_dies_by_sigterm(box: Box, procs: list) -> None:
+    proc = box.popen("sleep=60")
+    procs.append(proc)
+    read_until(proc, lambda raw: b"/bin/bash -lc 'sleep 60'" in raw)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == -signal.SIGTERM  # killed by the signal, not exit 143
+
+
+def test_sigint_exits_130(box: Box, procs: list) -> None:
     proc = box.popen("sleep=60")
     procs.append(proc)
     read_until(proc, lambda raw: b"sleep 60" in raw)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=5) == 143
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=5) == 130
+
+
+RECONNECT = "Reconnecting... waiting for network (Connection failed: error sending request)"
 
 
 def test_hang_repeats_reconnect_errors_until_terminated(box: Box, procs: list) -> None:
-    proc = box.popen("hang")
+    proc = box.popen("hang=0.01")
     procs.append(proc)
-    lines = read_until(proc, lambda raw: b"Reconnecting... 3/5" in raw)
-    errors = [json.loads(raw) for raw in lines if b'"error"' in raw]
-    assert [e["type"] for e in errors] == ["error"] * 3
-    assert errors[0]["message"].startswith("Reconnecting... 1/5 (stream disconnected before completion")
+    count = 0
+
+    def third_reconnect(raw: bytes) -> bool:
+        nonlocal count
+        count += b"Reconnecting" in raw
+        return count == 3
+
+    lines = read_until(proc, third_reconnect)
+    assert json.loads(lines[0])["type"] == "thread.started"
+    errors = [json.loads(raw) for raw in lines if raw.startswith(b'{"type":"error"')]
+    assert errors == [{"type": "error", "message": RECONNECT}] * 3
     entry = codex_entry(lines[-1], Redactor())
     assert (entry.level, entry.extra["run_event_kind"]) == ("warning", "warning")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=5) == 143
+    assert proc.wait(timeout=5) == -signal.SIGTERM
 
 
 def test_ignore_sigterm_needs_sigkill(box: Box, procs: list) -> None:
@@ -372,12 +447,19 @@ def test_big_line_has_no_trailing_newline(box: Box) -> None:
     assert entry.extra["event_truncated"] and len(encode_entry("t", entry, 1)) < 64 * 1024
 
 
-def test_big_json_line(box: Box) -> None:
+def test_big_json_keeps_head_and_tail_like_the_real_one(box: Box) -> None:
     size = 1_500_000
     done = box.exec(f"big_json={size}")
     [big] = [raw for raw in done.stdout.splitlines(keepends=True) if len(raw) > 100_000]
-    assert len(big) == size
-    assert json.loads(big)["item"]["type"] == "command_execution"
+    item = json.loads(big)["item"]
+    assert (item["type"], item["command"], item["exit_code"]) == ("command_execution", "/bin/bash -lc 'cat huge.log'", 0)
+    output = item["aggregated_output"]
+    assert len(output.encode()) == 1024 * 1024  # 512 KiB of head, 512 KiB of tail
+    assert output.startswith("line 1 ") and "line 12000 " not in output  # the middle is gone, unmarked
+    small = events(box.exec("big_json=1000").stdout)
+    [kept] = [e["item"]["aggregated_output"] for e in small if "cat huge.log" in e.get("item", {}).get("command", "")
+              and e["type"] == "item.completed"]
+    assert len(kept) == 1000 and kept.startswith("line 1 ")
 
 
 def test_binary_mode_output_becomes_clean_messages(box: Box) -> None:
