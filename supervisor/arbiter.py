@@ -168,7 +168,7 @@ class Arbiter:
         for slot in self.slots.values():
             if slot.restart_at is not None:
                 wake_at = min(wake_at, slot.restart_at)
-            elif slot.process is not None:
+            elif slot.process is not None and slot.channels is not None:
                 waits += [slot.channels.events._reader, slot.process.sentinel]
         wake_at = min(wake_at, self._next_liveness_check)
         wait_ready(waits, timeout=max(0.0, wake_at - now))
@@ -182,12 +182,13 @@ class Arbiter:
     def _collect(self) -> list[tuple[str, tuple[Any, ...]]]:
         events = []
         for name, slot in self.slots.items():
-            if slot.channels is None or slot.restart_at is not None:
+            channels = slot.channels
+            if channels is None or slot.restart_at is not None:
                 continue
-            reader = slot.channels.events._reader
+            reader = channels.events._reader
             try:
                 while reader.poll(0):
-                    events.append((name, slot.channels.events.get()))
+                    events.append((name, channels.events.get()))
             except (EOFError, OSError, ValueError):
                 pass  # half a message from a worker killed mid-put: the queue dies with it
         return events
@@ -227,7 +228,8 @@ class Arbiter:
     def _check_liveness(self) -> None:
         now = time.monotonic()
         for slot in self.slots.values():
-            if slot.process is None or slot.restart_at is not None or slot.process.exitcode is not None:
+            if slot.process is None or slot.channels is None or slot.restart_at is not None \
+                    or slot.process.exitcode is not None:
                 continue
             silent = now - slot.channels.liveness.value
             if silent > self.timing.liveness_timeout:

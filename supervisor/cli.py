@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from supervisor import __version__
-from supervisor.errors import EXIT_OK, EXIT_SIGINT, EXIT_USAGE, BootstrapError, ConfigError
+from supervisor.errors import EXIT_OK, EXIT_SIGINT, EXIT_USAGE, BootstrapError
 from supervisor.settings import RunSettings, Timing, flywheel_home
 
 DEFAULT_SERVER = "http://localhost:8000"
@@ -151,5 +151,3 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     sys.exit(code if isinstance(code, int) else 0)
 
-
-__all__ = ["main", "cli", "ConfigError"]

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from workers.runtime import PR_SET_PDEATHSIG, kill_group, set_parent_death_signal
+from workers.runtime import kill_group, set_parent_death_signal
 
 
 def exec_argv(prefix: Sequence[str], workspace: Path, sandbox: Sequence[str]) -> list[str]:
@@ -110,5 +110,3 @@ def stderr_tail(path: Path, limit: int = 2000) -> str:
         return ""
     return text[-limit:].strip()
 
-
-__all__ = ["CodexProcess", "exec_argv", "resume_argv", "stderr_tail", "PR_SET_PDEATHSIG"]

@@ -135,15 +135,16 @@ class RunSupervisor:
 
     def _specs(self) -> list[WorkerSpec]:
         p, s = self.prep, self.prep.settings
-        common = dict(server=p.server, run_id=s.run_id, token=s.token, timing=self.timing)
+        link = (p.server, s.run_id, s.token)
+        batch = self.payload.get("log_batch") is True
         return [
-            WorkerSpec(HEARTBEAT, heartbeat.main, (heartbeat.HeartbeatConfig(state_dir=self.state, **common),)),
+            WorkerSpec(HEARTBEAT, heartbeat.main, (heartbeat.HeartbeatConfig(
+                self.state, *link, timing=self.timing),)),
             WorkerSpec(SHIPPER, log_shipper.main, (log_shipper.ShipperConfig(
-                state_dir=self.state, secrets=self.secrets, log_batch=self.payload.get("log_batch") is True,
-                **common),)),
+                self.state, *link, secrets=self.secrets, log_batch=batch, timing=self.timing),)),
             WorkerSpec(WATCHER, artifact_watcher.main, (artifact_watcher.WatcherConfig(
-                state_dir=self.state, workspace=p.workspace, secrets=self.secrets,
-                blob_threshold=p.blob_threshold, **common),)),
+                self.state, p.workspace, *link, secrets=self.secrets, blob_threshold=p.blob_threshold,
+                timing=self.timing),)),
         ]
 
     def _poll(self, timeout: float, *extra: Any) -> list[tuple[str, tuple[Any, ...]]]:

@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 
 from supervisor.gpus import GpuAllocator, discover, parse_nvidia_smi, parse_visible_devices
 

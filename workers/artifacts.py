@@ -516,11 +516,11 @@ def enrich(artifact: Mapping[str, Any], workspace: Path, blob_threshold: int) ->
     warnings: list[str] = []
     root = os.path.realpath(workspace)
 
-    for key in ("path", "file"):
-        value = payload.get(key)
+    for name in ("path", "file"):
+        value = payload.get(name)
         if value is not None and not (isinstance(value, str) and value.strip()):
             what = "empty" if isinstance(value, str) else f"{_json_kind(value)}, not a file name"
-            warnings.append(f"{artifact_type} artifact: '{key}' is {what}; ignored it")
+            warnings.append(f"{artifact_type} artifact: '{name}' is {what}; ignored it")
 
     if artifact_type == "diff_carousel" and isinstance(payload.get("diffs"), list):
         payload["diffs"] = _enrich_diffs(payload["diffs"], root, blob_threshold, warnings)
@@ -627,8 +627,8 @@ def _enrich_diffs(
         try:
             got = _read_regular(root, real, budget)
         except (_Refused, OSError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            warnings.append(f"{label}: could not embed the diff file ({why})")
+            cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            warnings.append(f"{label}: could not embed the diff file ({cause})")
             out.append(item)
             continue
         if got.data is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from workers.runtime import WakePipe
 
@@ -24,7 +25,7 @@ class _Poke(FileSystemEventHandler):
                 return
 
 
-def watch_files(folder: Path, names: set[str], wake: WakePipe) -> Observer:
+def watch_files(folder: Path, names: set[str], wake: WakePipe) -> BaseObserver:
     """Start an observer on `folder` (not recursive) that pokes `wake` whenever
     one of `names` is created, written, moved or deleted there."""
     observer = Observer()

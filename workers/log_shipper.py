@@ -141,7 +141,8 @@ class Shipper:
     def deliver_some(self) -> None:
         """Deliver the next batch (or single entry) from the outbox."""
         limit = self.cfg.batch_entries if self.cfg.log_batch else 1
-        lines, end, size = [], self.state.delivered_offset, 0
+        lines: list[bytes] = []
+        end, size = self.state.delivered_offset, 0
         for line, pos in self.outbox.lines(end, self.state.outbox_size, limit):
             if lines and size + len(line) > self.cfg.batch_bytes:
                 break

@@ -1,0 +1,32 @@
+"""What the local backend answers to one request: an HTTP status with a JSON
+body, or nothing at all (the connection is dropped)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer: status and JSON body."""
+
+    status: int
+    body: Mapping[str, Any]
+    # Log entries this answer stored (keeps entry_count O(1) for waiters).
+    entries_added: int = 0
+
+
+def error(status: int, message: str) -> Answer:
+    return Answer(status, {"error": message})
+
+
+OK = Answer(200, {"ok": True})
+
+
+class Drop:
+    """Answer marker: close the connection without answering."""
+
+
+DROP = Drop()

@@ -1,0 +1,67 @@
+"""`flywheel-bootstrap serve`: the local backend in the foreground until SIGINT
+or SIGTERM, with a few lines on how to use it."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from supervisor.local_backend.backend import DEFAULT_HOST, LocalBackend
+from supervisor.settings import flywheel_home
+
+DEFAULT_PORT = 8000
+
+
+def default_db_path() -> Path:
+    return flywheel_home() / "local-backend.sqlite3"
+
+
+def serve_instructions(url: str, db_path: Path) -> list[str]:
+    """What `serve` prints: where it is, and how to use it."""
+    create = (
+        f"curl -s -X POST {url}/admin/runs -H 'Content-Type: application/json' "
+        """-d '{"prompt": "Write hello.txt and list it as a text artifact"}'"""
+    )
+    return [
+        f"Flywheel local backend at {url} (database {db_path}); Ctrl-C stops it.",
+        f"  create a run:  {create}",
+        "  run it:        FLYWHEEL_RUN_TOKEN=<token> flywheel-bootstrap --run-id <run_id> "
+        f"--config <config.toml> --server {url}",
+        f"  look at it:    curl -s {url}/admin/runs/<run_id>",
+    ]
+
+
+def serve(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    db_path: Path | None = None,
+    *,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run the local backend in the foreground until SIGINT or SIGTERM.
+
+    ConfigError (exit 2) when the port is taken or the database cannot be opened.
+    """
+    path = Path(db_path) if db_path is not None else default_db_path()
+    stop = threading.Event()
+    with LocalBackend(path, host, port) as backend:
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                stop.set()
+
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, on_signal)
+        try:
+            for line in serve_instructions(backend.url, path):
+                echo(line)
+            stop.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        echo("Local backend stopped.")

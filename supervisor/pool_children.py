@@ -1,0 +1,138 @@
+"""One run's supervisor as a child process of the pool: starting it (own session,
+output to its log, PR_SET_PDEATHSIG), signalling it, seeing that it exited, and
+reading what it left behind (entries shipped, its last line of output).
+
+Each child's stdout/stderr goes to `$FLYWHEEL_HOME/state/<run_id>/pool-output.log`
+so the pool's status view stays readable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+
+OUTPUT_LOG = "pool-output.log"
+SHIPPER_STATE = "shipper.json"
+_PR_SET_PDEATHSIG = 1
+
+
+class CannotStart(Exception):
+    """A run's supervisor could not be started; the message says why."""
+
+
+def parent_death_hook() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGTERM when the pool dies, or None
+    where prctl does not exist. libc is looked up here, before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    sigterm = int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm)
+        # The pool may have died between fork and prctl: then nobody would signal us.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
+def open_output_log(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state_dir, 0o700)
+    fd = os.open(state_dir / OUTPUT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    os.write(fd, f"--- pool started this run's supervisor at {stamp} ---\n".encode())
+    return fd
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    state_dir: Path,
+    preexec: Callable[[], None] | None,
+) -> subprocess.Popen[bytes]:
+    """Start one run's supervisor, its output appended to its log in `state_dir`.
+    CannotStart says why it could not be."""
+    try:
+        log_fd = open_output_log(state_dir)
+    except OSError as exc:
+        raise CannotStart(f"could not create {state_dir}: {exc.strerror}") from None
+    try:
+        # Its own session: a Ctrl-C on the terminal reaches only the pool.
+        return subprocess.Popen(
+            list(argv),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec,
+            close_fds=True,
+        )
+    except OSError as exc:
+        raise CannotStart(f"could not start its supervisor: {exc.strerror or exc}") from None
+    finally:
+        os.close(log_fd)
+
+
+def kill_group(pid: int, sig: int) -> None:
+    """Signal the supervisor's process group, and the supervisor itself should it
+    have moved to another group."""
+    for send in (os.killpg, os.kill):
+        try:
+            send(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def exited_unreaped(pid: int) -> bool:
+    """True once the child has exited; it stays a zombie (its pid, and so its
+    process group id, cannot be reused) until the pool reaps it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def read_delivered(state_dir: Path) -> int | None:
+    """Entries shipped so far, from the run's shipper state file; None if unknown
+    (not written yet, or caught half-written)."""
+    try:
+        value = orjson.loads((state_dir / SHIPPER_STATE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    delivered = value.get("delivered") if isinstance(value, dict) else None
+    if isinstance(delivered, int) and not isinstance(delivered, bool) and delivered >= 0:
+        return delivered
+    return None
+
+
+def last_output_line(path: Path, secret: str) -> str:
+    """The last non-blank line the supervisor printed (its error message), with the
+    token masked should it ever appear."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(size - 4096, 0))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    for line in reversed(tail.splitlines()):
+        line = line.strip()
+        if line and not line.startswith("--- pool"):
+            return line.replace(secret, "***") if secret else line
+    return ""

@@ -1,0 +1,364 @@
+"""The pool's event loop, after gunicorn's Arbiter: start the runs' supervisors as
+GPUs and `--max-parallel` slots free up, reap those that exit, cancel them all on
+SIGINT/SIGTERM, SIGKILL them on a second signal or once they overstay the
+cancel grace, and report the runs whose supervisor was killed.
+
+What to do is decided in pool_decisions; what is done to a child process is in
+pool_children. `Pool` only holds the bookkeeping and calls the two in turn.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from supervisor import status_view as sv
+from supervisor.errors import EXIT_OK, EXIT_RUN_ERROR
+from supervisor.gpus import GpuAllocator
+from supervisor.pool_children import (
+    OUTPUT_LOG,
+    CannotStart,
+    exited_unreaped,
+    kill_group,
+    last_output_line,
+    parent_death_hook,
+    read_delivered,
+    spawn,
+)
+from supervisor.pool_decisions import (
+    ChildArgv,
+    GpuPlan,
+    child_env,
+    classify_exit,
+    next_starts,
+    pool_exit_status,
+    signal_name,
+)
+from supervisor.pool_report import post_error, post_note
+from supervisor.runs_file import RunSpec
+from supervisor.settings import Timing
+
+View = sv.LiveView | sv.PlainView
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """How the pool runs its children; all decided before any run starts."""
+
+    plan: GpuPlan
+    # The children's environment before each run's own additions (child_env).
+    base_env: Mapping[str, str]
+    argv_of: ChildArgv
+    timing: Timing
+    max_parallel: int | None
+    # How long cancelled supervisors may take before they are SIGKILLed.
+    cancel_grace: float
+    # The longest the loop sleeps between two looks at the runs.
+    tick: float
+
+
+@dataclass
+class RunSlot:
+    """One run while the pool works (mutable bookkeeping, owned by the Pool)."""
+
+    spec: RunSpec
+    state_dir: Path
+    state: str = sv.WAITING
+    why_waiting: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    gpus: tuple[str, ...] | None = None
+    started: float | None = None
+    ended: float | None = None
+    result: str = ""
+    status: int = EXIT_OK
+    entries: int | None = None
+    post: Future[str] | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / OUTPUT_LOG
+
+    def row(self, now: float) -> sv.RunRow:
+        elapsed = None
+        if self.started is not None:
+            elapsed = (self.ended if self.ended is not None else now) - self.started
+        entries = self.entries
+        if self.state in (sv.RUNNING, sv.STOPPING):
+            entries = read_delivered(self.state_dir)
+            if entries is None:
+                entries = self.entries
+            self.entries = entries
+        result = self.result if self.state != sv.WAITING else self.why_waiting
+        return sv.RunRow(self.spec.run_id, self.state, elapsed, entries, self.gpus, result)
+
+
+class Wakeup:
+    """What wakes the loop: a self-pipe written by signal handlers (through the
+    wakeup fd), SIGCHLD and finished reports. SIGINT/SIGTERM are also noted in
+    `signals` for the loop to act on; a handler does nothing else."""
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._read_fd, selectors.EVENT_READ)
+        self.signals: list[int] = []
+        # Python lets only the main thread set signal handlers.
+        self._in_main = threading.current_thread() is threading.main_thread()
+        self._saved: dict[int, object] = {}
+        self._saved_wakeup = -1
+
+    def install(self) -> None:
+        if not self._in_main:
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._saved[signum] = signal.signal(signum, self._on_signal)
+        # SIGCHLD only needs to wake the loop (through the wakeup fd).
+        self._saved[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
+        self._saved_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._write_fd, b"\0")
+        except OSError:
+            pass  # pipe full: the loop is awake anyway
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until woken or `timeout` seconds have passed."""
+        for key, _ in self._selector.select(timeout=timeout):
+            try:
+                while os.read(key.fd, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        """Put the previous signal handlers back and close the pipe."""
+        if self._in_main:
+            signal.set_wakeup_fd(self._saved_wakeup)
+            for signum, handler in self._saved.items():
+                signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._selector.close()
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+
+class Pool:
+    """Runs every spec under its own supervisor until every run is final.
+
+    Use once: `Pool(...).run()` returns the pool's exit status (SPEC section 2).
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[RunSpec],
+        state_root: Path,
+        settings: PoolSettings,
+        view: View,
+        echo: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.runs = [RunSlot(spec, state_root / spec.run_id) for spec in specs]
+        self._by_id = {run.spec.run_id: run for run in self.runs}
+        self._view = view
+        self._echo = echo
+        self._allocator = GpuAllocator(settings.plan.host)
+        self._preexec = parent_death_hook()
+        self._wakeup = Wakeup()
+        self._posts = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pool-report")
+        self._abandon_posts = threading.Event()
+        # The first SIGINT/SIGTERM; None while not interrupted.
+        self.interrupted_by: int | None = None
+        # True once every child was SIGKILLed (second signal, or cancel grace over).
+        self.forced = False
+        self._cancel_deadline: float | None = None
+
+    def run(self) -> int:
+        self._wakeup.install()
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return self._finish()
+
+    # -- the loop
+
+    def _loop(self) -> None:
+        while True:
+            self._handle_signals()
+            self._reap_exited()
+            if self.interrupted_by is None:
+                self._start_waiting()
+            elif self._cancel_overdue():
+                self.force_kill(
+                    f"runs still stopping after {self.settings.cancel_grace:g}s: killing them"
+                )
+            now = time.monotonic()
+            self._collect_reports()
+            self._view.update([run.row(now) for run in self.runs], now)
+            if all(run.state in sv.FINAL_STATES and run.post is None for run in self.runs):
+                break
+            self._wakeup.wait(self.settings.tick)
+
+    def _handle_signals(self) -> None:
+        while self._wakeup.signals:
+            signum = self._wakeup.signals.pop(0)
+            if self.interrupted_by is None:
+                self.cancel(signum)
+            elif not self.forced:
+                self.force_kill(f"{signal_name(signum)} again: killing every run now")
+
+    def _reap_exited(self) -> None:
+        for run in self.runs:
+            if run.proc is not None and run.proc.returncode is None and run.state in (
+                sv.RUNNING, sv.STOPPING
+            ):
+                if exited_unreaped(run.proc.pid):
+                    self.reap(run)
+
+    def _start_waiting(self) -> None:
+        waiting = [run.spec.run_id for run in self.runs if run.state == sv.WAITING]
+        running = sum(1 for run in self.runs if run.state == sv.RUNNING)
+        starts, why = next_starts(
+            waiting,
+            self.settings.plan.requests,
+            self._allocator,
+            running=running,
+            max_parallel=self.settings.max_parallel,
+        )
+        for run_id, gpus in starts:
+            self.start(self._by_id[run_id], gpus)
+        for run_id, reason in why.items():
+            self._by_id[run_id].why_waiting = reason
+
+    def _cancel_overdue(self) -> bool:
+        return (
+            not self.forced
+            and self._cancel_deadline is not None
+            and time.monotonic() > self._cancel_deadline
+        )
+
+    def _collect_reports(self) -> None:
+        for run in self.runs:
+            if run.post is not None and run.post.done():
+                note = post_note(run.post)
+                run.result = f"{run.result}; {note}"
+                run.post = None
+
+    # -- what is done to one run
+
+    def start(self, run: RunSlot, gpus: tuple[str, ...] | None) -> None:
+        run.gpus = gpus
+        settings = self.settings
+        try:
+            run.proc = spawn(
+                settings.argv_of(run.spec),
+                child_env(settings.base_env, run.spec, gpus, pci_order=settings.plan.from_nvidia_smi),
+                run.state_dir,
+                self._preexec,
+            )
+        except CannotStart as exc:
+            self._fail_to_start(run, str(exc))
+            return
+        run.state = sv.RUNNING
+        run.started = time.monotonic()
+
+    def _fail_to_start(self, run: RunSlot, why: str) -> None:
+        if run.gpus is not None:
+            self._allocator.release(run.gpus)
+        run.state, run.result, run.status = sv.ERROR, why, EXIT_RUN_ERROR
+        run.ended = time.monotonic()
+        if run.started is None:
+            run.started = run.ended
+
+    def reap(self, run: RunSlot) -> None:
+        assert run.proc is not None
+        pid = run.proc.pid
+        # Whatever the supervisor left in its process group goes with it, while
+        # its zombie still pins the group id.
+        kill_group(pid, signal.SIGKILL)
+        returncode = run.proc.wait()
+        run.ended = time.monotonic()
+        if run.gpus is not None:
+            self._allocator.release(run.gpus)
+        delivered = read_delivered(run.state_dir)
+        if delivered is not None:
+            run.entries = delivered
+        outcome = classify_exit(returncode, cancelling=self.interrupted_by is not None)
+        run.state, run.status, run.result = outcome.state, outcome.status, outcome.result
+        if outcome.state == sv.ERROR and returncode > 0:
+            detail = last_output_line(run.log_path, run.spec.token)
+            if detail:
+                run.result = f"{outcome.result}: {detail}"
+        if outcome.post_reason is not None:
+            run.post = self._posts.submit(
+                post_error,
+                run.spec,
+                outcome.post_reason,
+                self.settings.timing,
+                self._abandon_posts,
+                self.forced,
+            )
+            run.post.add_done_callback(lambda _f: self._wakeup.wake())
+
+    # -- what is done to every run
+
+    def cancel(self, signum: int) -> None:
+        self.interrupted_by = signum
+        self._cancel_deadline = time.monotonic() + self.settings.cancel_grace
+        self._view.message(
+            f"{signal_name(signum)}: cancelling every run (press Ctrl-C again to kill them at once)"
+        )
+        for run in self.runs:
+            if run.state == sv.WAITING:
+                run.state, run.result = sv.CANCELLED, "cancelled before it started"
+            elif run.state == sv.RUNNING and run.proc is not None:
+                try:
+                    # The supervisor only (not its group): it stops its Codex and
+                    # workers itself, after flushing what they hold.
+                    os.kill(run.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                run.state = sv.STOPPING
+
+    def force_kill(self, why: str) -> None:
+        self.forced = True
+        self._abandon_posts.set()
+        self._view.message(why)
+        for run in self.runs:
+            if run.proc is not None and run.proc.returncode is None:
+                kill_group(run.proc.pid, signal.SIGKILL)
+
+    # -- the end
+
+    def _shutdown(self) -> None:
+        # Reached with children still alive only through an unexpected exception:
+        # never leave them behind.
+        for run in self.runs:
+            if run.proc is not None and run.proc.returncode is None:
+                kill_group(run.proc.pid, signal.SIGKILL)
+                run.proc.wait()
+        self._abandon_posts.set()
+        self._posts.shutdown(wait=True, cancel_futures=True)
+        self._wakeup.close()
+
+    def _finish(self) -> int:
+        """Show the summary; the pool's exit status."""
+        now = time.monotonic()
+        rows = [run.row(now) for run in self.runs]
+        self._view.close()
+        self._echo(sv.summary(rows))
+        for run in self.runs:
+            if run.state != sv.COMPLETE and run.log_path.exists():
+                self._echo(f"run {run.spec.run_id}: its supervisor's output is in {run.log_path}")
+        return pool_exit_status((run.status for run in self.runs), self.interrupted_by)
