@@ -244,7 +244,7 @@ class RunSupervisor:
             decision = Decision(Action.ERROR, False, f"bootstrap failed: {exc}")
             self.echo(f"run {s.run_id}: {exc}")
         except Cancelled:
-            decision = Decision(Action.ERROR, False, f"cancelled ({self.interrupts.name})")
+            decision = self._cancelled()
         try:
             return self._finish(decision)
         finally:
@@ -336,10 +336,15 @@ class RunSupervisor:
         for note in notes:
             self.log.write(note.level, note.message, "warning" if note.level != "info" else "codex_event")
 
+    def _cancelled(self) -> Decision:
+        return Decision(Action.ERROR, False, f"cancelled ({self.interrupts.name})")
+
     def _finish(self, decision: Decision) -> int:
         """Deliver every entry, then the terminal report, then stop heartbeats."""
         s = self.prep.settings
         cancelled = bool(self.interrupts.received)
+        if cancelled and decision.action is not Action.ERROR:
+            decision = self._cancelled()
         if decision.action is Action.ERROR:
             self.log.write("error", f"run failed: {decision.reason}", "error")
         else:
@@ -351,7 +356,7 @@ class RunSupervisor:
             drained = self.wait_event(SHIPPER, "drained", "final", deadline)
         except Cancelled:
             if decision.action is not Action.ERROR:
-                decision = Decision(Action.ERROR, False, f"cancelled ({self.interrupts.name})")
+                decision = self._cancelled()
             deadline = bounded()
             drained = None
         if drained is None:

@@ -68,7 +68,7 @@ def test_shipper_state_roundtrip_and_corrupt_file(tmp_path: Path) -> None:
     assert ShipperState.load(tmp_path) == state
     (tmp_path / "shipper.json").write_bytes(b"{torn")
     assert ShipperState.load(tmp_path) == ShipperState()
-    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert not list((tmp_path / ".tmp").iterdir())
 
 
 def test_outbox_lines_stop_at_committed_size(tmp_path: Path) -> None:
@@ -79,3 +79,20 @@ def test_outbox_lines_stop_at_committed_size(tmp_path: Path) -> None:
     reader.close()
     assert got == [(b"a", 2), (b"b", 4)]
     assert os.path.getsize(f) == 10
+
+
+def test_linetail_rewind_rereads_a_line(tmp_path: Path) -> None:
+    f = tmp_path / "out"
+    f.write_bytes(b"a\nb\n")
+    tail = LineTail(f, 0)
+    first = tail.read()
+    tail.rewind(first[0].end)
+    assert [l.data for l in tail.read()] == [b"b"]
+
+
+def test_write_atomic_keeps_its_temporary_out_of_the_watched_folder(tmp_path: Path) -> None:
+    from workers.spool import write_atomic
+
+    write_atomic(tmp_path / "state.json", b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp", "state.json"]
+    assert (tmp_path / ".tmp").stat().st_mode & 0o777 == 0o700

@@ -12,6 +12,7 @@ which the backend can drop; nothing is ever skipped.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ from workers.spool import (
     utc_now,
 )
 
+ENCODE_STEP = 1024 * 1024  # bytes of input encoded per step
 COMMIT_EVERY = 0.25  # seconds between commits of the delivered offset
 IDLE_WAIT = 2.0
 
@@ -84,11 +86,15 @@ class Shipper:
     # -- encode ----------------------------------------------------------------
 
     def encode_new(self) -> bool:
-        """Encode what was appended since last time. True if anything was."""
-        boot_lines = self.boot.read()
-        codex_lines = self.codex.read()
+        """Encode what was appended since last time (one step of it). True if
+        this step made progress, so another may be waiting."""
+        boot_start = self.boot.offset
+        boot_lines = self.boot.read(max_bytes=ENCODE_STEP)
+        # Small steps keep memory flat and let delivery start while Codex is
+        # still printing megabytes.
+        codex_lines = self.codex.read(max_bytes=ENCODE_STEP)
         if not boot_lines and not codex_lines:
-            return False
+            return self.codex.last_read > 0  # inside a very long line: keep reading
         out: list[bytes] = []
         seq = self.state.next_seq
         tokens_in, tokens_out = self.state.input_tokens, self.state.output_tokens
@@ -105,9 +111,15 @@ class Shipper:
             seq += 1
 
         for b in boot_lines:
+            line_start, boot_start = boot_start, b.end
             try:
                 record = orjson.loads(b.data)
                 marker = int(record.pop("codex_offset", 0))
+                if marker > self.codex.offset:
+                    # Codex lines written before this entry are not read yet:
+                    # it waits for them (next step), so the order stays true.
+                    self.boot.rewind(line_start)
+                    break
                 record.pop("final", None)
                 extra = record["extra"]
                 extra["run_event_kind"]  # noqa: B018 - a record without it is torn
@@ -122,6 +134,8 @@ class Shipper:
             seq += 1
         for line in codex_lines[ci:]:
             take_codex(line)
+        if not out:
+            return self.codex.last_read > 0  # else only entries waiting for Codex's lines
         data = b"".join(e + b"\n" for e in out)
         os.write(self.outbox_fd, data)
         self.state = self.state.evolve(
@@ -228,7 +242,7 @@ class Shipper:
                 # Reading the files only when watchdog says they changed keeps
                 # the delivery loop free of needless syscalls.
                 encoded = self.encode_new() if self.wake.clear() or look else False
-                look = False
+                look = encoded  # more may be waiting than one step took
                 if self.state.pending:
                     try:
                         self.deliver_burst()
@@ -257,4 +271,8 @@ class Shipper:
 
 
 def main(mailbox: Mailbox, cfg: ShipperConfig) -> None:
+    # Encoding makes many short-lived objects; the default thresholds make the
+    # collector run thousands of times a second for nothing.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     Shipper(mailbox, cfg).run()

@@ -26,7 +26,7 @@ from typing import Any
 from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
 
 PR_SET_PDEATHSIG = 1
-TICK_EVERY = 0.25
+TICK_EVERY = 1.0
 # A main loop silent this long is stuck even though its process still runs;
 # every blocking call it makes (HTTP, file I/O) is bounded well below this.
 STALL_LIMIT = 120.0

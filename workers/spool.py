@@ -47,7 +47,12 @@ def open_private(path: Path, flags: int) -> int:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # The temporary file lives in a subfolder: the workers watch the state folder
+    # with watchdog, which holds back a rename *within* a watched folder for half
+    # a second (to pair its two halves) and delays every later event with it.
+    tmp_dir = path.parent / ".tmp"
+    tmp_dir.mkdir(mode=0o700, exist_ok=True)
+    tmp = tmp_dir / path.name
     fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, data)
@@ -128,6 +133,7 @@ class LineTail:
         self._head = bytearray()
         self._dropped = 0
         self._file: Any = None
+        self.last_read = 0  # bytes the last read() consumed, complete lines or not
 
     def read(self, max_bytes: int = 8 * READ_CHUNK) -> list[Line]:
         """Complete lines from the current offset (at most about `max_bytes`).
@@ -149,7 +155,14 @@ class LineTail:
                 break
             budget -= len(chunk)
             self._take(chunk, lines)
+        self.last_read = max_bytes - budget
         return lines
+
+    def rewind(self, offset: int) -> None:
+        """Read again from `offset`, the start of a line already returned."""
+        self.offset = self._scan = offset
+        self._head.clear()
+        self._dropped = 0
 
     def close(self) -> None:
         if self._file is not None:
