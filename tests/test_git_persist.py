@@ -10,7 +10,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,7 @@ from supervisor.git_persist import (
     prepare_repo,
     redact,
 )
+from tests.loopback import serving
 
 TOKEN = "ghs_SECRETtoken0123456789"
 NEW_TOKEN = "ghs_REFRESHEDtoken9876543210"
@@ -408,16 +409,8 @@ def http_remote(tmp_path: Path) -> Iterator[tuple[Remote, GitHttpState]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/remote.git"
-        yield Remote(bare, url, tip), state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(Handler) as base:
+        yield Remote(bare, f"{base}/remote.git", tip), state
 
 
 def test_token_goes_through_the_credential_store(
