@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supervisor.errors import ConfigError
+
 
 def flywheel_home() -> Path:
     """Bootstrap's own home: FLYWHEEL_HOME, default ~/.flywheel."""
@@ -43,9 +45,13 @@ class Timing:
         this way), then explicit overrides from the command line."""
         values: dict[str, float | int | None] = {}
         for name in cls.__dataclass_fields__:
-            raw = os.environ.get(f"FLYWHEEL_TIMING_{name.upper()}")
+            variable = f"FLYWHEEL_TIMING_{name.upper()}"
+            raw = os.environ.get(variable)
             if raw:
-                values[name] = int(raw) if name in _COUNTS else float(raw)
+                try:
+                    values[name] = int(raw) if name in _COUNTS else float(raw)
+                except ValueError:
+                    raise ConfigError(f"{variable}={raw!r} is not a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

@@ -197,3 +197,7 @@ def test_artifact_pointing_at_fifo_or_folder_does_not_hang(env: Env, backend: Lo
     assert stat.S_ISFIFO((ws / "pipe").stat().st_mode)
     warnings = [e["message"] for e in backend.entries(run_id) if e["level"] == "warning"]
     assert len([w for w in warnings if w.startswith("artifact #")]) >= 3
+
+
+def test_bad_timing_knob(env: Env) -> None:
+    expect(run_with(env, OK_FLYWHEEL, FLYWHEEL_TIMING_KILL_GRACE="soon"), 2, "FLYWHEEL_TIMING_KILL_GRACE")
