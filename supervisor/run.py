@@ -328,6 +328,8 @@ class RunSupervisor:
             notes = git_persist.persist(
                 self.repo, self.prep.workspace, self.state, self.prep.settings.run_id, failed=failed,
                 exclude=artifact_files(artifacts, self.prep.workspace), refresh_token=refresh,
+                # A cancelled run still gets its WIP pushed, but within the flush bound.
+                timeout=self.timing.flush_timeout if self.interrupts.received else git_persist.NET_TIMEOUT,
                 max_file_bytes=self.prep.git_max_file_bytes,
             )
         self._write_notes(notes)

@@ -246,3 +246,35 @@ def test_codex_timeout_stops_codex_and_reports_error(env: Env, backend: LocalBac
     assert not alive(codex_calls(log)[0]["pid"])
     reconnecting = [e for e in backend.entries(run_id) if "Reconnecting" in e["message"]]
     assert reconnecting and all(e["level"] == "warning" for e in reconnecting)
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_code_is_committed_and_pushed_to_the_run_branch(env: Env, backend: LocalBackend) -> None:
+    bare = env.tmp / "remote.git"
+    git("init", "--bare", "-b", "main", str(bare))
+    seed = env.tmp / "seed"
+    git("clone", str(bare), str(seed))
+    (seed / "README.md").write_text("seed\n")
+    git("add", "README.md", cwd=seed)
+    git("commit", "-m", "seed", cwd=seed)
+    git("push", "origin", "HEAD:main", cwd=seed)
+    gh_token = "ghp_E2ETOKENE2ETOKEN"
+    repo = {"repo_url": f"file://{bare}", "repo_owner": "o", "repo_name": "r",
+            "branch_name": "flywheel/run-1", "base_branch": "main"}
+    run_id, token, config = start_run(backend, env, repo_context=repo, github_token=gh_token)
+    result = bootstrap(env, backend, run_id, token, config, mode="manifest_json",
+                       FAKE_CODEX_MANIFEST='[{"artifact_type": "text", "payload": {"content": "inline"}}]')
+    assert result.returncode == 0, result.stderr
+    assert git("log", "-1", "--format=%s", "flywheel/run-1", cwd=bare).strip() == f"Flywheel experiment run: {run_id}"
+    files = git("ls-tree", "-r", "--name-only", "flywheel/run-1", cwd=bare).split()
+    assert "report.md" in files and "README.md" in files
+    assert "flywheel_artifacts.json" not in files and "flywheel_prompt.txt" not in files
+    ws = env.workspace(run_id)
+    assert gh_token not in (ws / ".git" / "config").read_text()
+    assert gh_token not in git("remote", "-v", cwd=ws)
