@@ -79,7 +79,7 @@ def load_config(path: Path) -> CodexConfig:
     - The instructions text is stripped of leading/trailing blank space.
     """
     path = _absolute(Path(path).expanduser())
-    raw = _parse(path, _read_text(path, what="config file"))
+    raw = _parse(path, read_text_file(path, what="config file"))
     where = str(path)
     warnings: list[str] = []
 
@@ -140,7 +140,7 @@ def _absolute(path: Path) -> Path:
 # --- reading -----------------------------------------------------------------
 
 
-def _read_text(path: Path, *, what: str, key: str | None = None) -> str:
+def read_text_file(path: Path, *, what: str, key: str | None = None) -> str:
     """The UTF-8 text of ``path``, or a ConfigError saying why it can't be had."""
     label = f"{what} {path}" if key is None else f"{what} {path} (from {key})"
     try:
@@ -148,7 +148,7 @@ def _read_text(path: Path, *, what: str, key: str | None = None) -> str:
     except FileNotFoundError:
         raise ConfigError(f"{label} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"{label} is a directory, not a file") from None
+        raise ConfigError(f"{label} is a folder, not a file") from None
     except PermissionError:
         raise ConfigError(f"{label} cannot be read: permission denied") from None
     except OSError as exc:
@@ -218,7 +218,7 @@ def _instructions(path: Path, flywheel: dict[str, Any], warnings: list[str]) -> 
                 "the file wins, inline value ignored"
             )
         file_path = _relative_to(path, file_value)
-        text = _read_text(
+        text = read_text_file(
             file_path, what="instructions file", key=f"[flywheel] {FILE_KEY} in {path}"
         )
         if not text.strip():

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from supervisor.config import read_text_file
 from supervisor.errors import ConfigError
 
 KEYS = ("run_id", "token", "config", "server", "gpus")
@@ -114,19 +115,8 @@ def read_runs(
             warnings,
         )
     path = Path(path_or_dash).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"runs file {path} does not exist: check the --runs path") from None
-    except IsADirectoryError:
-        raise ConfigError(f"runs file {path} is a folder: --runs takes a file (or - for stdin)") from None
-    except PermissionError:
-        raise ConfigError(f"runs file {path} cannot be read: check its permissions") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"runs file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"runs file {path} cannot be read: {exc.strerror}") from None
+    text = read_text_file(path, what="runs file")
+    mode = path.stat().st_mode
     warning = permission_warning(path, mode)
     if warning:
         warnings.append(warning)

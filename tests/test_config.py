@@ -62,7 +62,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
-    fails(tmp_path, str(tmp_path), "directory")
+    fails(tmp_path, str(tmp_path), "folder")
 
 
 @pytest.mark.skipif(is_root, reason="root reads files whatever their mode")
@@ -190,7 +190,7 @@ def test_instructions_file_missing_even_when_inline_is_set(tmp_path: Path) -> No
 def test_instructions_file_is_a_directory(tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()
     path = write(tmp_path, '[flywheel]\nworkspace_instructions_file = "notes"\n')
-    fails(path, str(tmp_path / "notes"), "workspace_instructions_file", "directory")
+    fails(path, str(tmp_path / "notes"), "workspace_instructions_file", "folder")
 
 
 @pytest.mark.skipif(is_root, reason="root reads files whatever their mode")
