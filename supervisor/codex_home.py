@@ -28,6 +28,7 @@ from typing import Any
 from supervisor import toml_write
 from supervisor.config import CodexConfig
 from supervisor.errors import ConfigError
+from supervisor.workspace import make_private_dir
 
 CODEX_HOME_NAME = "codex_home"
 CONFIG_NAME = "config.toml"
@@ -47,13 +48,7 @@ def prepare_codex_home(state_dir: Path, cfg: CodexConfig, env: Mapping[str, str]
     """
     home = _home_dir(env)
     codex_home = state_dir / CODEX_HOME_NAME
-    try:
-        codex_home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(codex_home, 0o700)
-    except OSError as exc:
-        raise ConfigError(
-            f"Codex home {codex_home} cannot be created: {exc.strerror or exc}"
-        ) from None
+    make_private_dir(codex_home, "Codex home")
 
     text = toml_write.dumps(codex_config(cfg, home))
     _write_private(codex_home / CONFIG_NAME, text.encode("utf-8"))

@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import os
 import platform
-import random
 import re
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import urllib3.exceptions
 
+from supervisor.backoff import backoff_delay
 from supervisor.errors import ConfigError, ProvisionError
 
 CODEX_VERSION = "0.169.0"
@@ -135,12 +135,6 @@ def redact_url(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
-def retry_delay(attempt: int, base: float, cap: float) -> float:
-    """Capped exponential backoff with jitter before retry number `attempt` (0-based)."""
-    step = min(cap, base * (2 ** min(attempt, 32)))
-    return step / 2 + random.random() * step / 2
 
 
 def _is_usable(path: Path) -> bool:
@@ -343,7 +337,7 @@ def _install(
         last = "no attempt made"
         for attempt in range(max(1, tries)):
             if attempt:
-                time.sleep(retry_delay(attempt - 1, backoff_base, backoff_cap))
+                time.sleep(backoff_delay(attempt - 1, backoff_base, backoff_cap))
             try:
                 _attempt(url, folder, dest, arch=arch, sha256=sha256, timeout=timeout, progress=progress)
                 return dest, True

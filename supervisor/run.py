@@ -9,7 +9,6 @@ which is sent only once everything before it has been delivered).
 
 from __future__ import annotations
 
-import itertools
 import signal
 import sys
 import time
@@ -129,7 +128,6 @@ class RunSupervisor:
         self.env = codex_env(prep, payload)
         self.repo: git_persist.RepoContext | None = None
         self.posted = 0
-        self._jobs = itertools.count(1)
 
     # -- workers ---------------------------------------------------------------
 
@@ -291,7 +289,7 @@ class RunSupervisor:
         return decision
 
     def _post_artifacts(self) -> None:
-        job = f"job-{next(self._jobs)}-{time.time_ns()}"
+        job = f"artifacts-{time.time_ns()}"  # a restarted run posts its artifacts again
         self.arbiter.send(WATCHER, "post", job, sticky=True)
         deadline = time.monotonic() + self.timing.flush_timeout if self.interrupts.received else None
         try:

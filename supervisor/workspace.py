@@ -125,19 +125,21 @@ def check_manifest_in_roots(workspace: Path, cfg: CodexConfig) -> None:
     )
 
 
+def make_private_dir(path: Path, label: str, hint: str = "") -> None:
+    """Create `path` (parents too) as 0700, also when it already existed."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"{label} {path} cannot be created: {exc.strerror or exc}{hint}") from None
+
+
 def prepare_state_dir(home: Path, run_id: str) -> Path:
     """Create ``home/state/<run_id>`` (parents too), private to the user (0700,
     also when it already existed), and return it."""
     validate_run_id(run_id)
     state = Path(home).expanduser() / "state" / run_id
-    try:
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(state, 0o700)
-    except OSError as exc:
-        raise ConfigError(
-            f"run state folder {state} cannot be created: {exc.strerror or exc}; "
-            "check FLYWHEEL_HOME"
-        ) from None
+    make_private_dir(state, "run state folder", "; check FLYWHEEL_HOME")
     if not state.is_dir():
         raise ConfigError(f"run state folder {state} exists but is not a folder")
     return state
