@@ -5,7 +5,8 @@
 #   FLYWHEEL_RUN_TOKEN=... ./bootstrap.sh --run-id ID --config ~/.codex/config.toml --server URL
 #
 # FLYWHEEL_BOOTSTRAP_PACKAGE picks what uvx runs: a path (default: this checkout)
-# or a package spec such as flywheel-bootstrap==0.2.0.
+# or a git URL such as git+https://HOST/OWNER/flywheel-bootstrap. Not the bare name
+# `flywheel-bootstrap`: on the package index that is the original 0.1.9.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
