@@ -5,7 +5,7 @@ original flywheel-bootstrap and this one, so the comparison is fair.
 It prints real-shaped `codex exec --json` lines (command_execution started /
 completed pairs, as Codex prints them while an agent runs a training loop),
 one write() per line as the real CLI does (Rust's stdout is line-buffered),
-and records when it printed. Unlike examples/fake_codex it takes any argv the
+and records when it printed. Unlike tests/fake_codex it takes any argv the
 two tools pass (the original has no `--sandbox` when the config has none).
 
 Commands:
@@ -41,7 +41,7 @@ from pathlib import Path
 VERSION = "0.169.0"
 MANIFEST = "flywheel_artifacts.json"
 
-# The same shapes as examples/fake_codex `lines=N` (and as real Codex prints).
+# The same shapes as tests/fake_codex `lines=N` (and as real Codex prints).
 STARTED = ('{"type":"item.started","bench_t":%.6f,"item":{"id":"item_l%d","type":"command_execution",'
            '"command":"bash -lc \'python train.py --step %d\'","aggregated_output":"",'
            '"exit_code":null,"status":"in_progress"}}\n')

@@ -133,10 +133,6 @@ class Arbiter:
     def gave_up(self, name: str) -> bool:
         return self.slots[name].gave_up
 
-    def pid(self, name: str) -> int | None:
-        proc = self.slots[name].process
-        return proc.pid if proc is not None else None
-
     def stop(self, names: Iterable[str] | None = None, timeout: float = 5.0) -> None:
         """Ask workers to stop, then make sure they have."""
         chosen = [self.slots[n] for n in (names or list(self.slots))]

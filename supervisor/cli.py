@@ -95,7 +95,7 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
         if ctx.get_parameter_source("run_id") == click.core.ParameterSource.COMMANDLINE or \
                 ctx.get_parameter_source("token") == click.core.ParameterSource.COMMANDLINE:
             raise click.UsageError("--runs cannot be combined with --run-id/--token (put them in the runs file)")
-        from supervisor.pool_cli import run_many
+        from supervisor.pool.main import run_many
 
         ctx.exit(run_many(runs_file, config, server, max_parallel, gpus_per_run, heartbeat_interval,
                           codex_timeout))

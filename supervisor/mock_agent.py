@@ -11,7 +11,7 @@ It reads its prompt from stdin to EOF (as Codex does), prints a thread id and a
 few realistic JSON Lines events over about 0.05 s, writes `mock_report.md` and
 a manifest listing it as a text artifact, and exits 0. No model is called.
 It is deliberately self-contained (stdlib only) and separate from the richer
-`examples/fake_codex` test tool.
+`tests/fake_codex` test tool.
 """
 
 from __future__ import annotations

@@ -134,8 +134,6 @@ def codex_env(prep: Prepared, payload: Mapping[str, object]) -> dict[str, str]:
         FLYWHEEL_WORKSPACE=str(prep.workspace),
         CODEX_HOME=str(prep.codex_home),
     )
-    if s.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(s.gpus)
     # Handed to the experiment's own tools under their usual names.
     for key, var in (("wandb_api_key", "WANDB_API_KEY"), ("hf_token", "HF_TOKEN")):
         value = payload.get(key)

@@ -208,7 +208,7 @@ class RunSupervisor:
         code = end.returncode
         how = f"code {code}" if code >= 0 else f"signal {-code}"
         self.log.write("info" if code == 0 else "error", f"codex exec exited with {how}", "command_finished",
-                       final=True, exit_code=code, duration_s=round(time.time() - started, 3))
+                       exit_code=code, duration_s=round(time.time() - started, 3))
         self.arbiter.send(HEARTBEAT, "phase", "codex exited, reporting", None, sticky=True)
         return end, start
 

@@ -64,7 +64,6 @@ class RunSettings:
     token: str = field(repr=False)
     config_path: Path
     server: str = "http://localhost:8000"
-    gpus: tuple[str, ...] = ()
     timing: Timing = field(default_factory=Timing)
     home: Path = field(default_factory=flywheel_home)
     mock: bool = False

@@ -15,7 +15,7 @@ import pytest
 from tests.backend_fixture import backend  # noqa: F401  (re-exported fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
-FAKE_CODEX = ROOT / "examples" / "fake_codex"
+FAKE_CODEX = ROOT / "tests" / "fake_codex"
 
 # Small timings so fault tests finish in seconds; see supervisor.settings.Timing.
 FAST_TIMING = {

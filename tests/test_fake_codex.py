@@ -1,4 +1,4 @@
-"""The fake `codex` (examples/fake_codex) and the built-in mock agent, run as
+"""The fake `codex` (tests/fake_codex) and the built-in mock agent, run as
 real processes."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from workers.log_entries import codex_entry, encode_entry, thread_id_of, token_usage
 from workers.redact import Redactor
 
-FAKE = Path(__file__).resolve().parents[1] / "examples" / "fake_codex"
+FAKE = Path(__file__).resolve().parents[1] / "tests" / "fake_codex"
 REPO = FAKE.parents[1]
 EXEC = ["exec", "--json", "--cd", "{ws}", "--skip-git-repo-check", "--sandbox", "workspace-write", "-"]
 TIMEOUT = 30

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-from supervisor.gpus import GpuAllocator, discover, parse_nvidia_smi, parse_visible_devices
+from supervisor.pool.gpus import GpuAllocator, discover, parse_nvidia_smi, parse_visible_devices
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_NVIDIA_SMI = ROOT / "examples" / "fake_nvidia_smi"

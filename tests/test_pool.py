@@ -27,23 +27,24 @@ from typing import Any
 
 import pytest
 
-from supervisor import status_view as sv
 from supervisor.errors import ConfigError
-from supervisor.gpus import GpuAllocator
 from supervisor.local_backend import LocalBackend
-from supervisor.pool import (
+from supervisor.pool import states
+from supervisor.pool import status_view as sv
+from supervisor.pool.children import read_delivered
+from supervisor.pool.decisions import (
     EXIT_PRIORITY,
     child_env,
     classify_exit,
     next_starts,
     plan_gpus,
     pool_exit_status,
-    read_delivered,
-    run_pool,
     supervisor_argv,
 )
+from supervisor.pool.gpus import GpuAllocator
+from supervisor.pool.main import run_pool
+from supervisor.pool.runs_file import RunSpec
 from supervisor.provision import CODEX_VERSION, host_arch, member_name
-from supervisor.runs_file import RunSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_NVIDIA_SMI = ROOT / "examples" / "fake_nvidia_smi"
@@ -126,8 +127,8 @@ while True:  # "hang" and "stubborn": until a signal says otherwise
 POOL_DRIVER = r'''
 import json, os, sys
 from pathlib import Path
-from supervisor.pool import run_pool
-from supervisor.runs_file import RunSpec
+from supervisor.pool.main import run_pool
+from supervisor.pool.runs_file import RunSpec
 
 options = json.loads(sys.argv[1])
 specs = [
@@ -553,13 +554,13 @@ def test_sigkilled_pool_takes_its_runs_down(host: Host) -> None:
 
 
 def test_classify_exit() -> None:
-    assert classify_exit(0, cancelling=False).state == sv.COMPLETE
+    assert classify_exit(0, cancelling=False).state == states.COMPLETE
     assert classify_exit(1, cancelling=False).status == 1
     killed = classify_exit(-9, cancelling=False)
     assert (killed.state, killed.status, killed.post_reason) == (
-        sv.ERROR, 1, "bootstrap supervisor killed by SIGKILL")
+        states.ERROR, 1, "bootstrap supervisor killed by SIGKILL")
     assert classify_exit(-15, cancelling=True).post_reason == "cancelled (SIGTERM)"
-    assert classify_exit(143, cancelling=True).state == sv.CANCELLED
+    assert classify_exit(143, cancelling=True).state == states.CANCELLED
     assert classify_exit(143, cancelling=True).post_reason is None
     assert classify_exit(77, cancelling=False).status == 1
 
@@ -627,9 +628,9 @@ def test_read_delivered_tolerates_partial_files(tmp_path: Path) -> None:
 
 def test_render_table() -> None:
     rows = [
-        sv.RunRow("r1", sv.RUNNING, 75.2, 1234, ("0", "1"), ""),
-        sv.RunRow("run-two", sv.WAITING, None, None, None, "needs 2 free GPUs"),
-        sv.RunRow("r3", sv.ERROR, 3725, 7, None, "x" * 100),
+        sv.RunRow("r1", states.RUNNING, 75.2, 1234, ("0", "1"), ""),
+        sv.RunRow("run-two", states.WAITING, None, None, None, "needs 2 free GPUs"),
+        sv.RunRow("r3", states.ERROR, 3725, 7, None, "x" * 100),
     ]
     text = sv.render(rows, max_result=20)
     lines = text.split("\n")
@@ -646,7 +647,7 @@ def test_render_table() -> None:
 def test_live_view_redraws_in_place() -> None:
     out: list[str] = []
     view = sv.LiveView(out.append, width=80, height=30, interval=0.25)
-    rows = [sv.RunRow("r1", sv.RUNNING), sv.RunRow("r2", sv.WAITING)]
+    rows = [sv.RunRow("r1", states.RUNNING), sv.RunRow("r2", states.WAITING)]
     view.update(rows, 10.0)
     view.update(rows, 10.1)  # too soon: skipped
     view.update(rows, 10.3)
@@ -660,7 +661,7 @@ def test_live_view_redraws_in_place() -> None:
 
 
 def test_live_view_fits_a_short_terminal() -> None:
-    rows = [sv.RunRow(f"r{i}", sv.COMPLETE) for i in range(20)] + [sv.RunRow("busy", sv.RUNNING)]
+    rows = [sv.RunRow(f"r{i}", states.COMPLETE) for i in range(20)] + [sv.RunRow("busy", states.RUNNING)]
     out: list[str] = []
     sv.LiveView(out.append, width=80, height=8).update(rows, 0.0)
     lines = out[0].split("\n")
@@ -787,8 +788,8 @@ def test_real_supervisor_sigkilled_is_reported_and_others_complete(env: Any, bac
 REAL_POOL_DRIVER = r'''
 import json, os, sys
 from pathlib import Path
-from supervisor.pool import run_pool
-from supervisor.runs_file import RunSpec
+from supervisor.pool.main import run_pool
+from supervisor.pool.runs_file import RunSpec
 
 options = json.loads(sys.argv[1])
 specs = [RunSpec(r[0], r[1], Path(options["config"]), options["server"], None, n)

@@ -1,5 +1,5 @@
 """One run end to end: the real command, the real local backend on loopback,
-the fake codex (examples/fake_codex) on PATH."""
+the fake codex (tests/fake_codex) on PATH."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.errors import ConfigError
-from supervisor.runs_file import RunSpec, parse_runs, permission_warning, read_runs
+from supervisor.pool.runs_file import RunSpec, parse_runs, permission_warning, read_runs
 
 DEFAULT = Path("/etc/flywheel/config.toml")
 SERVER = "http://localhost:8000"

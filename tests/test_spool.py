@@ -55,9 +55,9 @@ def test_terminate_last_line_adds_newline_once(tmp_path: Path) -> None:
 
 def test_entry_log_records_codex_offset_and_is_private(tmp_path: Path) -> None:
     (tmp_path / "codex.out").write_bytes(b"12345")
-    EntryLog(tmp_path).write("info", "hello", "codex_event", final=True, exit_code=0)
+    EntryLog(tmp_path).write("info", "hello", "codex_event", exit_code=0)
     record = orjson.loads((tmp_path / "bootstrap.jsonl").read_bytes())
-    assert record["codex_offset"] == 5 and record["final"] is True
+    assert record["codex_offset"] == 5
     assert record["extra"] == {"run_event_source": "bootstrap", "run_event_kind": "codex_event", "exit_code": 0}
     assert (tmp_path / "bootstrap.jsonl").stat().st_mode & 0o777 == 0o600
 

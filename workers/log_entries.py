@@ -1,4 +1,4 @@
-"""Turn what Codex prints, and bootstrap's own milestones, into log entries.
+"""Turn what Codex prints into log entries.
 
 This is the mapping of SPEC section 8, kept pure (bytes in, frozen Entry out) so
 the log-shipper can call it in a tight loop and tests can pin it down exactly.
@@ -46,15 +46,6 @@ import orjson
 
 from workers.redact import Redactor
 
-LEVELS = ("info", "warning", "error")
-KINDS = (
-    "command_started",
-    "command_finished",
-    "command_output",
-    "codex_event",
-    "warning",
-    "error",
-)
 MESSAGE_MAX_CHARS = 4000
 TRUNCATED_SUFFIX = " [truncated]"
 EVENT_STRING_MAX_CHARS = 16 * 1024
@@ -69,9 +60,6 @@ _KEY_MAX_CHARS = 256
 _MIN_STRING_CHARS = 64
 _MORE_KEY = "[truncated]"
 _DEEP_MARKER = "[truncated: nested too deep]"
-# Bootstrap messages are capped before cleaning so a runaway string costs
-# bounded work; the message itself is cut to MESSAGE_MAX_CHARS afterwards.
-_BOOTSTRAP_MESSAGE_MAX_CHARS = 16 * 1024
 _DROPPED_MESSAGE = "Log entry dropped: too large"
 
 # Anything a terminal would interpret rather than show: \r, lone ESC, other C0
@@ -350,25 +338,6 @@ def codex_entry(
     if truncated_bytes > 0:
         extra["line_truncated_bytes"] = truncated_bytes
     return Entry(level, clean_message(message, redactor), extra)
-
-
-# ------------------------------------------------------ bootstrap's entries
-
-
-def bootstrap_entry(level: str, message: str, kind: str, redactor: Redactor, **extra: Any) -> Entry:
-    """An entry for bootstrap's own milestones, warnings and errors; `extra`
-    keys are added to `extra` (redacted and bounded like Codex events)."""
-    if level not in LEVELS:
-        raise ValueError(f"log level must be one of {LEVELS}, not {level!r}")
-    if kind not in KINDS:
-        raise ValueError(f"run_event_kind must be one of {KINDS}, not {kind!r}")
-    text, _ = cap_text(message, _BOOTSTRAP_MESSAGE_MAX_CHARS, redactor)
-    fields: dict[str, Any] = {}
-    if extra:
-        fields, _ = cap_value(extra, redactor)
-    fields["run_event_source"] = "bootstrap"
-    fields["run_event_kind"] = kind
-    return Entry(level, clean_message(text, redactor), fields)
 
 
 # ----------------------------------------------------------- wire format

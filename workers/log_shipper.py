@@ -120,7 +120,7 @@ class Shipper:
                     # it waits for them (next step), so the order stays true.
                     self.boot.rewind(line_start)
                     break
-                record.pop("final", None)
+                record.pop("final", None)  # written by earlier versions; never shipped
                 extra = record["extra"]
                 extra["run_event_kind"]  # noqa: B018 - a record without it is torn
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):

@@ -64,15 +64,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 class EntryLog:
     """Appends bootstrap's own entries. Each entry records how much of Codex's
     output existed when it was written, so the shipper can place it after those
-    lines; `final` marks an entry written after Codex exited, which flushes an
-    unterminated last line of Codex's first."""
+    lines."""
 
     def __init__(self, state_dir: Path, redact: Any = None) -> None:
         self.path = state_dir / BOOTSTRAP_LOG
         self.codex_out = state_dir / CODEX_OUT
         self._redact = redact
 
-    def write(self, level: str, message: str, kind: str, *, final: bool = False, **extra: Any) -> None:
+    def write(self, level: str, message: str, kind: str, **extra: Any) -> None:
         if self._redact is not None:
             message = self._redact.text(message)
             extra = self._redact.value(extra)
@@ -86,7 +85,6 @@ class EntryLog:
             "message": message,
             "extra": {"run_event_source": "bootstrap", "run_event_kind": kind, **extra},
             "codex_offset": codex_offset,
-            "final": final,
         }
         line = orjson.dumps(record) + b"\n"
         fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)

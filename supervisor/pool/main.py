@@ -1,36 +1,5 @@
-"""Many runs on one host: the pool behind `--runs FILE` (SPEC sections 12, 13).
-
-Each run gets its own single-run supervisor as a child process (`python -m
-supervisor --run-id …`), which brings its own three workers; runs share nothing
-but the host, so one crashing never disturbs another. The pool:
-
-- does the shared work once, before any run starts: reads every distinct config
-  (a bad one fails everything, exit 2) and finds or downloads Codex (its folder
-  goes first on the children's PATH, so no child downloads again);
-- hands out GPUs (`--gpus-per-run`, or `gpus=` on a line) through
-  `CUDA_VISIBLE_DEVICES`, never one GPU to two runs at once, and holds back runs
-  until their GPUs (and a `--max-parallel` slot) are free;
-- reports a run whose supervisor was killed by a signal (the supervisor could
-  not report it itself) with `POST /runs/{id}/error`;
-- on SIGINT/SIGTERM forwards SIGTERM to every supervisor (each cancels its
-  Codex and reports `cancelled (SIGTERM)`); a second signal SIGKILLs them all.
-
-Tokens go to children in the environment, never on a command line (`ps` shows
-those to every user). Children run in their own sessions, so a Ctrl-C on the
-terminal reaches only the pool, which decides what each run gets; and they get
-PR_SET_PDEATHSIG, so they do not outlive a SIGKILLed pool.
-
-Each child's stdout/stderr goes to `$FLYWHEEL_HOME/state/<run_id>/pool-output.log`
-so the status view stays readable; its last line is shown for a failed run.
-
-This module is the entry point (`run_pool`) and the shared work; the rest is in
-- `pool_decisions`: the pure decisions (exit statuses, GPUs, who starts next,
-  each child's command and environment);
-- `pool_loop`: the event loop (`Pool`) that starts, reaps and cancels children;
-- `pool_children`: what is done to one child process;
-- `pool_report`: the `error` report of a run whose supervisor was killed.
-The public names they had here before the split are still importable from here.
-"""
+"""The pool's entry point (`--runs FILE`) and the work done once for all runs;
+see the package docstring for how the pool works."""
 
 from __future__ import annotations
 
@@ -38,34 +7,40 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
-from supervisor import gpus as gpu_discovery
-from supervisor import status_view as sv
+import click
+
 from supervisor.errors import EXIT_SIGINT, ConfigError
-from supervisor.pool_children import (
-    OUTPUT_LOG,
-    SHIPPER_STATE,
-    last_output_line,
-    read_delivered,
-)
-from supervisor.pool_decisions import (
-    EXIT_PRIORITY,
+from supervisor.pool import gpus as gpu_discovery
+from supervisor.pool import status_view as sv
+from supervisor.pool.decisions import (
     ChildArgv,
-    GpuPlan,
-    GpuRequest,
-    Outcome,
-    child_env,
-    classify_exit,
     flywheel_home_of,
-    next_starts,
     plan_gpus,
-    pool_exit_status,
-    signal_name,
     supervisor_argv,
     timing_of,
 )
-from supervisor.pool_loop import Pool, PoolSettings, View
-from supervisor.runs_file import RunSpec
+from supervisor.pool.loop import Pool, PoolSettings, View
+from supervisor.pool.runs_file import RunSpec, read_runs
+
+
+def run_many(runs_file: str, config: Path | None, server: str, max_parallel: int | None,
+             gpus_per_run: int | None, heartbeat_interval: float | None, codex_timeout: float | None) -> int:
+    """`flywheel-bootstrap --runs FILE`: read the runs file, then run the pool."""
+    specs, warnings = read_runs(runs_file, sys.stdin, default_config=config, default_server=server)
+    for warning in warnings:
+        click.echo(f"flywheel-bootstrap: warning: {warning}", err=True)
+    return run_pool(
+        specs,
+        max_parallel=max_parallel,
+        gpus_per_run=gpus_per_run,
+        heartbeat_interval=heartbeat_interval,
+        codex_timeout=codex_timeout,
+        env=os.environ,
+        echo=lambda line: click.echo(line),
+        is_tty=sys.stdout.isatty(),
+    )
 
 
 def prepare_shared(
@@ -184,27 +159,3 @@ def run_pool(
     view = _open_view(echo, is_tty=is_tty)
     return Pool(specs, flywheel_home_of(env) / "state", settings, view, echo).run()
 
-
-__all__ = [
-    "run_pool",
-    "classify_exit",
-    "pool_exit_status",
-    "plan_gpus",
-    "next_starts",
-    "supervisor_argv",
-    "child_env",
-    "prepare_shared",
-    "read_delivered",
-    "Outcome",
-    "GpuPlan",
-    "EXIT_PRIORITY",
-    # Also public before the split; still importable from here.
-    "OUTPUT_LOG",
-    "SHIPPER_STATE",
-    "ChildArgv",
-    "GpuRequest",
-    "signal_name",
-    "timing_of",
-    "flywheel_home_of",
-    "last_output_line",
-]

@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import Future
 
 from supervisor.errors import BootstrapError
-from supervisor.runs_file import RunSpec
+from supervisor.pool.runs_file import RunSpec
 from supervisor.settings import Timing
 
 # How long the pool keeps retrying the `error` report of a killed supervisor.

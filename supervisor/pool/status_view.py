@@ -11,13 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-WAITING = "waiting"
-RUNNING = "running"
-STOPPING = "stopping"
-COMPLETE = "complete"
-ERROR = "error"
-CANCELLED = "cancelled"
-FINAL_STATES = frozenset({COMPLETE, ERROR, CANCELLED})
+from supervisor.pool.states import CANCELLED, COMPLETE, ERROR, FINAL_STATES, RUNNING, STOPPING, WAITING
+
 
 _HEADERS = ("RUN", "STATE", "ELAPSED", "ENTRIES", "GPUS", "RESULT")
 # Running runs first when a terminal is too short for the whole table.

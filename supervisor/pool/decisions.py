@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import status_view as sv
+from supervisor.pool import states
 from supervisor.errors import (
     EXIT_BACKEND,
     EXIT_OK,
@@ -22,8 +22,8 @@ from supervisor.errors import (
     EXIT_USAGE,
     ConfigError,
 )
-from supervisor.gpus import GpuAllocator
-from supervisor.runs_file import RunSpec
+from supervisor.pool.gpus import GpuAllocator
+from supervisor.pool.runs_file import RunSpec
 from supervisor.settings import Timing
 
 # When several runs fail differently, the pool exits with the status the operator
@@ -60,27 +60,27 @@ def classify_exit(returncode: int, *, cancelling: bool) -> Outcome:
     """Map a single-run supervisor's exit status (SPEC section 2) to an outcome."""
     if returncode == EXIT_OK:
         # 0 also covers "already claimed elsewhere" (409): not ours to run, not a failure.
-        return Outcome(sv.COMPLETE, "completed", EXIT_OK)
+        return Outcome(states.COMPLETE, "completed", EXIT_OK)
     if returncode == EXIT_RUN_ERROR:
-        return Outcome(sv.ERROR, "run reported an error (exit 1)", EXIT_RUN_ERROR)
+        return Outcome(states.ERROR, "run reported an error (exit 1)", EXIT_RUN_ERROR)
     if returncode == EXIT_USAGE:
-        return Outcome(sv.ERROR, "bad usage or config (exit 2)", EXIT_USAGE)
+        return Outcome(states.ERROR, "bad usage or config (exit 2)", EXIT_USAGE)
     if returncode == EXIT_BACKEND:
-        return Outcome(sv.ERROR, "backend refused or unreachable (exit 3)", EXIT_BACKEND)
+        return Outcome(states.ERROR, "backend refused or unreachable (exit 3)", EXIT_BACKEND)
     if returncode == EXIT_PROVISION:
-        return Outcome(sv.ERROR, "Codex could not be provisioned (exit 4)", EXIT_PROVISION)
+        return Outcome(states.ERROR, "Codex could not be provisioned (exit 4)", EXIT_PROVISION)
     if returncode in (EXIT_SIGINT, EXIT_SIGTERM):
         name = "SIGINT" if returncode == EXIT_SIGINT else "SIGTERM"
         # Cancelled by someone else than the pool: for the pool it is a run that failed.
-        return Outcome(sv.CANCELLED, f"cancelled ({name})", EXIT_OK if cancelling else EXIT_RUN_ERROR)
+        return Outcome(states.CANCELLED, f"cancelled ({name})", EXIT_OK if cancelling else EXIT_RUN_ERROR)
     if returncode < 0:
         name = signal_name(-returncode)
         if cancelling:
-            return Outcome(sv.CANCELLED, f"cancelled (supervisor killed by {name})", EXIT_OK,
+            return Outcome(states.CANCELLED, f"cancelled (supervisor killed by {name})", EXIT_OK,
                            post_reason=f"cancelled ({name})")
-        return Outcome(sv.ERROR, f"supervisor killed by {name}", EXIT_RUN_ERROR,
+        return Outcome(states.ERROR, f"supervisor killed by {name}", EXIT_RUN_ERROR,
                        post_reason=f"bootstrap supervisor killed by {name}")
-    return Outcome(sv.ERROR, f"supervisor exited with status {returncode}", EXIT_RUN_ERROR)
+    return Outcome(states.ERROR, f"supervisor exited with status {returncode}", EXIT_RUN_ERROR)
 
 
 def pool_exit_status(statuses: Iterable[int], interrupted_by: int | None) -> int:

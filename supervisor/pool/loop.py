@@ -3,8 +3,8 @@ GPUs and `--max-parallel` slots free up, reap those that exit, cancel them all o
 SIGINT/SIGTERM, SIGKILL them on a second signal or once they overstay the
 cancel grace, and report the runs whose supervisor was killed.
 
-What to do is decided in pool_decisions; what is done to a child process is in
-pool_children. `Pool` only holds the bookkeeping and calls the two in turn.
+What to do is decided in `decisions`; what is done to a child process is in
+`children`. `Pool` only holds the bookkeeping and calls the two in turn.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from supervisor import status_view as sv
+from supervisor.pool import states
+from supervisor.pool import status_view as sv
 from supervisor.errors import EXIT_OK, EXIT_RUN_ERROR
-from supervisor.gpus import GpuAllocator
-from supervisor.pool_children import (
+from supervisor.pool.gpus import GpuAllocator
+from supervisor.pool.children import (
     OUTPUT_LOG,
     CannotStart,
     exited_unreaped,
@@ -33,7 +34,7 @@ from supervisor.pool_children import (
     read_delivered,
     spawn,
 )
-from supervisor.pool_decisions import (
+from supervisor.pool.decisions import (
     ChildArgv,
     GpuPlan,
     child_env,
@@ -42,8 +43,8 @@ from supervisor.pool_decisions import (
     pool_exit_status,
     signal_name,
 )
-from supervisor.pool_report import post_error, post_note
-from supervisor.runs_file import RunSpec
+from supervisor.pool.report import post_error, post_note
+from supervisor.pool.runs_file import RunSpec
 from supervisor.settings import Timing
 
 View = sv.LiveView | sv.PlainView
@@ -71,7 +72,7 @@ class RunSlot:
 
     spec: RunSpec
     state_dir: Path
-    state: str = sv.WAITING
+    state: str = states.WAITING
     why_waiting: str = ""
     proc: subprocess.Popen[bytes] | None = None
     gpus: tuple[str, ...] | None = None
@@ -91,12 +92,12 @@ class RunSlot:
         if self.started is not None:
             elapsed = (self.ended if self.ended is not None else now) - self.started
         entries = self.entries
-        if self.state in (sv.RUNNING, sv.STOPPING):
+        if self.state in (states.RUNNING, states.STOPPING):
             entries = read_delivered(self.state_dir)
             if entries is None:
                 entries = self.entries
             self.entries = entries
-        result = self.result if self.state != sv.WAITING else self.why_waiting
+        result = self.result if self.state != states.WAITING else self.why_waiting
         return sv.RunRow(self.spec.run_id, self.state, elapsed, entries, self.gpus, result)
 
 
@@ -206,7 +207,7 @@ class Pool:
             now = time.monotonic()
             self._collect_reports()
             self._view.update([run.row(now) for run in self.runs], now)
-            if all(run.state in sv.FINAL_STATES and run.post is None for run in self.runs):
+            if all(run.state in states.FINAL_STATES and run.post is None for run in self.runs):
                 break
             self._wakeup.wait(self.settings.tick)
 
@@ -221,14 +222,14 @@ class Pool:
     def _reap_exited(self) -> None:
         for run in self.runs:
             if run.proc is not None and run.proc.returncode is None and run.state in (
-                sv.RUNNING, sv.STOPPING
+                states.RUNNING, states.STOPPING
             ):
                 if exited_unreaped(run.proc.pid):
                     self.reap(run)
 
     def _start_waiting(self) -> None:
-        waiting = [run.spec.run_id for run in self.runs if run.state == sv.WAITING]
-        running = sum(1 for run in self.runs if run.state == sv.RUNNING)
+        waiting = [run.spec.run_id for run in self.runs if run.state == states.WAITING]
+        running = sum(1 for run in self.runs if run.state == states.RUNNING)
         starts, why = next_starts(
             waiting,
             self.settings.plan.requests,
@@ -270,13 +271,13 @@ class Pool:
         except CannotStart as exc:
             self._fail_to_start(run, str(exc))
             return
-        run.state = sv.RUNNING
+        run.state = states.RUNNING
         run.started = time.monotonic()
 
     def _fail_to_start(self, run: RunSlot, why: str) -> None:
         if run.gpus is not None:
             self._allocator.release(run.gpus)
-        run.state, run.result, run.status = sv.ERROR, why, EXIT_RUN_ERROR
+        run.state, run.result, run.status = states.ERROR, why, EXIT_RUN_ERROR
         run.ended = time.monotonic()
         if run.started is None:
             run.started = run.ended
@@ -296,7 +297,7 @@ class Pool:
             run.entries = delivered
         outcome = classify_exit(returncode, cancelling=self.interrupted_by is not None)
         run.state, run.status, run.result = outcome.state, outcome.status, outcome.result
-        if outcome.state == sv.ERROR and returncode > 0:
+        if outcome.state == states.ERROR and returncode > 0:
             detail = last_output_line(run.log_path, run.spec.token)
             if detail:
                 run.result = f"{outcome.result}: {detail}"
@@ -320,16 +321,16 @@ class Pool:
             f"{signal_name(signum)}: cancelling every run (press Ctrl-C again to kill them at once)"
         )
         for run in self.runs:
-            if run.state == sv.WAITING:
-                run.state, run.result = sv.CANCELLED, "cancelled before it started"
-            elif run.state == sv.RUNNING and run.proc is not None:
+            if run.state == states.WAITING:
+                run.state, run.result = states.CANCELLED, "cancelled before it started"
+            elif run.state == states.RUNNING and run.proc is not None:
                 try:
                     # The supervisor only (not its group): it stops its Codex and
                     # workers itself, after flushing what they hold.
                     os.kill(run.proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-                run.state = sv.STOPPING
+                run.state = states.STOPPING
 
     def force_kill(self, why: str) -> None:
         self.forced = True
@@ -359,6 +360,6 @@ class Pool:
         self._view.close()
         self._echo(sv.summary(rows))
         for run in self.runs:
-            if run.state != sv.COMPLETE and run.log_path.exists():
+            if run.state != states.COMPLETE and run.log_path.exists():
                 self._echo(f"run {run.spec.run_id}: its supervisor's output is in {run.log_path}")
         return pool_exit_status((run.status for run in self.runs), self.interrupted_by)
