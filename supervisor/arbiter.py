@@ -22,6 +22,7 @@ import orjson
 from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
 
 from supervisor.settings import Timing
+from workers.run_processes import RunProcesses
 from workers.runtime import Channels, run_worker
 from workers.spool import write_atomic
 
@@ -74,13 +75,13 @@ class Arbiter:
         specs: Iterable[WorkerSpec],
         timing: Timing,
         state_dir: Path,
-        codex_pgid: Any,
+        run_processes: RunProcesses,
         notify: Callable[[str], None],
     ) -> None:
         self.mp = mp
         self.timing = timing
         self.state_dir = state_dir
-        self.codex_pgid = codex_pgid
+        self.run_processes = run_processes
         self.notify = notify  # one line about a restart, for the user and the log
         self.slots = {s.name: _Slot(s) for s in specs}
         self._next_liveness_check = 0.0
@@ -99,7 +100,7 @@ class Arbiter:
             commands=self.mp.SimpleQueue(),
             events=self.mp.SimpleQueue(),
             liveness=self.mp.Value("d", time.monotonic(), lock=False),
-            codex_pgid=self.codex_pgid,
+            run_processes=self.run_processes,
             parent_pid=os.getpid(),
         )
         log_path = self.state_dir / f"worker-{slot.spec.name}.log"

@@ -35,12 +35,14 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     from supervisor.backend_client import Backend
     from supervisor.preflight import prepare
     from supervisor.run import supervise
+    from workers.run_processes import sweep_left_processes
 
     settings = RunSettings(
         run_id=run_id, token=token, config_path=config, server=server, timing=timing,
         home=flywheel_home(), mock=bool(os.environ.get("BOOTSTRAP_MOCK_CODEX")),
     )
     prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"))
+    sweep_left_processes(prep.state_dir.parent, say)
     with Backend(prep.server, run_id, token, timing) as backend:
         payload = backend.fetch_bootstrap()
     if payload is None:

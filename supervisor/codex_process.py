@@ -1,5 +1,6 @@
 """Starting and stopping Codex: the exact command lines of SPEC sections 8 and
-13, and a process group that never outlives bootstrap."""
+13, started as the first of the run's processes (workers/run_processes), which
+never outlive bootstrap."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from workers.runtime import kill_group, set_parent_death_signal
+from workers.run_processes import RunProcesses, signal_group
+from workers.runtime import set_parent_death_signal
 
 
 def exec_argv(prefix: Sequence[str], workspace: Path, sandbox: Sequence[str]) -> list[str]:
@@ -29,17 +31,19 @@ def resume_argv(
 
 def _child_setup() -> None:
     # Runs in the child between fork and exec: if bootstrap is SIGKILLed, the
-    # kernel kills Codex too (its own children are reached through the group).
+    # kernel kills Codex at once (what it started, the workers then kill).
     set_parent_death_signal(signal.SIGKILL)
 
 
 class CodexProcess:
-    """One Codex invocation, in a process group of its own."""
+    """One Codex invocation, in a process group of its own, inside the run's
+    processes (`procs`)."""
 
     def __init__(
         self,
         argv: Sequence[str],
         *,
+        procs: RunProcesses,
         cwd: Path,
         env: Mapping[str, str],
         stdin: Path | None,
@@ -51,20 +55,21 @@ class CodexProcess:
         err = os.open(stderr, flags, 0o600)
         inp = os.open(stdin if stdin is not None else os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self.popen = subprocess.Popen(
-                list(argv),
+            self.popen = procs.start(
+                argv,
+                env=env,
+                preexec=_child_setup,
                 cwd=cwd,
-                env=dict(env),
                 stdin=inp,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=_child_setup,
                 close_fds=True,
             )
         finally:
             for fd in (out, err, inp):
                 os.close(fd)
+        self.procs = procs
         self.pgid = self.popen.pid
         self.started = time.monotonic()
         try:
@@ -79,20 +84,21 @@ class CodexProcess:
     def waitables(self) -> list[int]:
         return [self.pidfd] if self.pidfd is not None else []
 
+    def signal_group(self, sig: int) -> None:
+        """Codex's own process group: Codex and what it did not put in a
+        session of its own, so that it can end its commands itself."""
+        signal_group(self.pgid, sig)
+
     def terminate(self, grace: float) -> int:
-        """SIGTERM to the whole group, SIGKILL after `grace` seconds."""
-        kill_group(self.pgid, signal.SIGTERM)
+        """SIGTERM to Codex's group, SIGKILL to every process of the run after
+        `grace` seconds."""
+        self.signal_group(signal.SIGTERM)
         try:
             self.popen.wait(grace)
         except subprocess.TimeoutExpired:
             pass
-        self.kill_group()
+        self.procs.kill_all()
         return self.popen.wait()
-
-    def kill_group(self) -> None:
-        """Whatever Codex left running in its group (a training job it started
-        in the background, say) must not keep holding a GPU."""
-        kill_group(self.pgid, signal.SIGKILL)
 
     def close(self) -> None:
         if self.pidfd is not None:

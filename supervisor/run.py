@@ -33,7 +33,7 @@ from workers import artifact_watcher, heartbeat, log_shipper
 from workers.artifacts import artifact_files, read_manifest
 from workers.log_entries import thread_id_of
 from workers.redact import Redactor
-from workers.runtime import kill_group
+from workers.run_processes import RunProcesses, Usage, open_run
 from workers.spool import BOOTSTRAP_LOG, CODEX_ERR, CODEX_OUT, EntryLog, LineTail, terminate_last_line
 
 SHIPPER, HEARTBEAT, WATCHER = "log-shipper", "heartbeat", "artifact-watcher"
@@ -124,7 +124,8 @@ class RunSupervisor:
         self.log = EntryLog(self.state, self.redactor)
         self.interrupts = Interrupts()
         self.mp = multiprocess.get_context("fork")
-        self.codex_pgid = self.mp.Value("i", 0, lock=False)
+        self.procs: RunProcesses | None = None
+        self.usage = Usage()
         self.env = codex_env(prep, payload)
         self.repo: git_persist.RepoContext | None = None
         self.posted = 0
@@ -177,9 +178,12 @@ class RunSupervisor:
         out = self.state / CODEX_OUT
         start = out.stat().st_size if out.exists() else 0
         self.log.write("info", "codex exec launched", "command_started", argv=argv[len(self.prep.codex.argv_prefix):-1])
-        proc = CodexProcess(argv, cwd=self.prep.workspace, env=self.env, stdin=stdin,
+        assert self.procs is not None
+        proc = CodexProcess(argv, procs=self.procs, cwd=self.prep.workspace, env=self.env, stdin=stdin,
                             stdout=out, stderr=self.state / CODEX_ERR)
-        self.codex_pgid.value = proc.pgid
+        if not self.procs.holds(proc.popen.pid):
+            self._notify(f"codex could not be placed in {self.procs.cgroup}; only its environment marker "
+                         "identifies the processes it starts")
         started = time.time()
         self.arbiter.send(HEARTBEAT, "phase", "codex running", started, sticky=True)
         limit = self.timing.codex_timeout
@@ -201,9 +205,10 @@ class RunSupervisor:
         finally:
             if end is None:  # a worker gave up: nothing will watch Codex any more
                 proc.terminate(self.timing.kill_grace)
-            proc.kill_group()
+            # Whatever Codex left running (a setsid daemon, a `nohup … &` job)
+            # must not outlive it, let alone keep holding a GPU.
+            self._end_processes(proc)
             proc.close()
-            self.codex_pgid.value = 0
         terminate_last_line(out)
         code = end.returncode
         how = f"code {code}" if code >= 0 else f"signal {-code}"
@@ -213,17 +218,45 @@ class RunSupervisor:
         return end, start
 
     def _stop(self, proc: CodexProcess) -> int:
-        """SIGTERM to Codex's group, SIGKILL after the grace period — sooner if
-        a second signal arrives."""
-        kill_group(proc.pgid, signal.SIGTERM)
+        """SIGTERM to Codex's group, SIGKILL to every process of the run after
+        the grace period — sooner if a second signal arrives."""
+        proc.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.timing.kill_grace
         seen = len(self.interrupts.received)
         while proc.returncode is None and time.monotonic() < deadline:
             self._poll(min(0.5, deadline - time.monotonic()), *proc.waitables())
             if len(self.interrupts.received) > seen:
                 break
-        proc.kill_group()
+        assert self.procs is not None
+        self.procs.kill_all()
         return proc.popen.wait()
+
+    def _end_processes(self, proc: CodexProcess) -> None:
+        """Kill and await every process of the run (bounded)."""
+        assert self.procs is not None
+        self.procs.kill_all()
+        proc.popen.wait()
+        if not self.procs.wait_empty(self.timing.kill_grace):
+            self._notify(f"some processes of the run are still alive after SIGKILL: {self.procs.members()[:10]}")
+
+    def _open_processes(self) -> None:
+        """The run's containment, said once (stderr and a log entry), and kept
+        in the state folder for the pool and for a later bootstrap's sweep."""
+        self.procs = open_run(self.prep.settings.run_id, self.prep.env)
+        self.procs.save(self.state)
+        line = self.procs.describe()
+        self.echo(f"run {self.prep.settings.run_id}: {line}")
+        self.log.write("info" if self.procs.cgroup is not None else "warning", line,
+                       "codex_event" if self.procs.cgroup is not None else "warning")
+
+    def _close_processes(self) -> None:
+        """The end of the run's processes: none may outlive the run."""
+        assert self.procs is not None
+        usage = self.procs.end(self.state, self.timing.kill_grace)
+        if usage is None:
+            self._notify(f"some processes of the run are still alive after SIGKILL: {self.procs.members()[:10]}")
+        else:
+            self.usage = usage
 
     # -- the flow --------------------------------------------------------------
 
@@ -232,7 +265,9 @@ class RunSupervisor:
         for sig_file in (CODEX_OUT, BOOTSTRAP_LOG):
             terminate_last_line(self.state / sig_file)  # torn lines of a crashed earlier start
         self.interrupts.install()
-        self.arbiter = Arbiter(self.mp, self._specs(), self.timing, self.state, self.codex_pgid, self._notify)
+        self._open_processes()
+        assert self.procs is not None
+        self.arbiter = Arbiter(self.mp, self._specs(), self.timing, self.state, self.procs, self._notify)
         self.arbiter.start()
         try:
             decision = self._work()
@@ -247,6 +282,7 @@ class RunSupervisor:
             return self._finish(decision)
         finally:
             self.arbiter.stop(timeout=5.0)
+            self.procs.end(self.state, self.timing.kill_grace)  # done already, unless _finish failed early
             self.interrupts.restore()
 
     def _work(self) -> Decision:
@@ -342,6 +378,7 @@ class RunSupervisor:
     def _finish(self, decision: Decision) -> int:
         """Deliver every entry, then the terminal report, then stop heartbeats."""
         s = self.prep.settings
+        self._close_processes()
         cancelled = bool(self.interrupts.received)
         if cancelled and decision.action is not Action.ERROR:
             decision = self._cancelled()
@@ -362,12 +399,13 @@ class RunSupervisor:
         if drained is None:
             self.echo(f"run {s.run_id}: not every log entry could be delivered; they stay spooled in {self.state}")
         said = last_agent_message(self.state / CODEX_OUT)
+        used = f"its processes used {self.usage.describe()}"
         if decision.action is Action.COMPLETE:
-            summary = f"Codex completed with {self.posted} artifact(s)" + (f": {said}" if said else "")
+            summary = f"Codex completed with {self.posted} artifact(s); {used}" + (f": {said}" if said else "")
             path, body = "/complete", {"summary": self.redactor.text(summary)}
         else:
             reason = self.redactor.text(decision.reason)
-            path, body = "/error", {"summary": f"Run failed: {reason.splitlines()[0]}", "reason": reason}
+            path, body = "/error", {"summary": f"Run failed: {reason.splitlines()[0]} ({used})", "reason": reason}
         def keep_trying() -> bool:
             nonlocal deadline
             if deadline is None and self.interrupts.received:
@@ -388,7 +426,7 @@ class RunSupervisor:
             self.echo(f"run {s.run_id}: cancelled")
             return self.interrupts.exit_code
         if decision.action is Action.COMPLETE:
-            self.echo(f"run {s.run_id}: complete")
+            self.echo(f"run {s.run_id}: complete ({self.usage.describe()})")
             return EXIT_OK
         self.echo(f"run {s.run_id}: error: {self.redactor.text(decision.reason).splitlines()[0]}")
         return EXIT_RUN_ERROR

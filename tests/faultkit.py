@@ -76,3 +76,12 @@ def assert_all_delivered_once(entries: list[dict], codex_out: Path) -> None:
     codex = [by_seq[s] for s in seqs if by_seq[s]["extra"]["run_event_source"] == "codex"]
     printed = [line for line in codex_out.read_bytes().split(b"\n") if line]
     assert len(codex) == len(printed), (len(codex), len(printed))
+
+
+def shape_pids(pidfile: Path) -> dict[str, int]:
+    """The fake codex's `shapes` mode: {"nohup": pid, "setsid": pid, "foreground": pid}."""
+    try:
+        lines = pidfile.read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    return {name: int(pid) for name, pid in (line.split() for line in lines if line.strip())}

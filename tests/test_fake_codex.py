@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.faultkit import alive, shape_pids, wait_until
 from workers.log_entries import codex_entry, encode_entry, thread_id_of, token_usage
 from workers.redact import Redactor
 
@@ -403,15 +404,34 @@ def test_ignore_sigterm_needs_sigkill(box: Box, procs: list) -> None:
     assert proc.wait(timeout=5) == -signal.SIGKILL
 
 
-def test_spawn_child_in_the_same_process_group(box: Box) -> None:
-    done = box.exec("spawn_child")
-    assert done.returncode == 0
+def test_spawn_child_in_a_session_of_its_own_ended_on_exit(box: Box, procs: list) -> None:
+    proc = box.popen("spawn_child,sleep=30")
+    procs.append(proc)
+    read_until(proc, lambda raw: b"sleep 30" in raw)
     child = int(box.pidfile.read_text())
+    [record] = box.records()
+    # Like the real Codex's commands: a signal to Codex's group misses it.
+    assert os.getsid(child) == child != record["pgid"]
+    proc.kill()
+    os.kill(child, signal.SIGKILL)
+
+
+def test_shapes_leave_the_setsid_daemon_after_a_normal_exit(box: Box) -> None:
+    done = box.exec("shapes")
+    assert done.returncode == 0
+    shapes = shape_pids(box.pidfile)
+    nohup_job, daemon, foreground = (shapes[name] for name in ("nohup", "setsid", "foreground"))
     try:
-        [record] = box.records()
-        assert os.getpgid(child) == record["pgid"]
+        assert os.getsid(daemon) == daemon, "the daemon called setsid itself"
+        # The real Codex ends its commands' groups on a normal exit, not the daemon.
+        wait_until(lambda: not alive(nohup_job) and not alive(foreground), 5, "the command's group to end")
+        assert alive(daemon)
     finally:
-        os.kill(child, signal.SIGKILL)
+        for pid in (nohup_job, daemon, foreground):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # ------------------------------------------------------------ output volume and shape

@@ -17,6 +17,7 @@ from tests.faultkit import (
     assert_all_delivered_once,
     codex_calls,
     kill,
+    shape_pids,
     shipper_state,
     wait_until,
     workers,
@@ -160,36 +161,87 @@ def test_backend_refusing_connections_then_back_on_same_port(env: Env, backend: 
     assert_all_delivered_once(backend.entries(run_id), state / "codex.out")
 
 
-def test_supervisor_sigkill_leaves_no_process_behind(env: Env, backend: LocalBackend) -> None:
-    pidfile = env.tmp / "child.pid"
+ENGINES = [pytest.param({}, id="cgroup"), pytest.param({"FLYWHEEL_CONTAINMENT": "marker"}, id="marker")]
+
+
+def launch_shapes(env: Env, backend: LocalBackend, mode: str, **extra: str) -> tuple[str, subprocess.Popen[str], list[int]]:
+    """A run whose Codex left the three process shapes of real commands running
+    (a `nohup … &` job, a setsid daemon, the foreground command); returns their
+    pids and Codex's."""
+    pidfile = env.tmp / "shapes.pids"
     log = env.tmp / "codex.jsonl"
-    run_id, proc = launch(env, backend, "spawn_child,sleep=60", FAKE_CODEX_PIDFILE=str(pidfile),
-                          FAKE_CODEX_LOG=str(log))
-    state = env.state(run_id)
-    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "codex's child")
+    run_id, proc = launch(env, backend, f"shapes,{mode}", FAKE_CODEX_PIDFILE=str(pidfile),
+                          FAKE_CODEX_LOG=str(log), **extra)
+    shapes = wait_until(lambda: len(shape_pids(pidfile)) == 3 and shape_pids(pidfile), 30, "codex's commands")
     codex_pid = wait_until(lambda: codex_calls(log) and codex_calls(log)[0]["pid"], 10, "codex's pid")
-    pids = [int(pidfile.read_text()), codex_pid,
-            *[p for n, p in wait_until(lambda: workers(state), 5, "workers").items() if n != "supervisor"]]
+    return run_id, proc, [codex_pid, *shapes.values()]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_supervisor_sigkill_leaves_no_process_behind(env: Env, backend: LocalBackend, engine: dict) -> None:
+    run_id, proc, pids = launch_shapes(env, backend, "sleep=60", **engine)
+    state = env.state(run_id)
+    pids += [p for n, p in wait_until(lambda: workers(state), 5, "workers").items() if n != "supervisor"]
     proc.kill()
     proc.wait()
-    wait_until(lambda: not any(alive(p) for p in pids), 5, "codex, its child and the workers to die")
+    wait_until(lambda: not any(alive(p) for p in pids), 5, "codex, every process it started and the workers to die")
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interrupt_cancels_codex_and_reports_error(env: Env, backend: LocalBackend, sig: int, code: int) -> None:
-    pidfile = env.tmp / "child.pid"
-    log = env.tmp / "codex.jsonl"
-    run_id, proc = launch(env, backend, "spawn_child,sleep=60", FAKE_CODEX_PIDFILE=str(pidfile),
-                          FAKE_CODEX_LOG=str(log))
-    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "codex's child")
-    codex_pid = codex_calls(log)[0]["pid"]
+    run_id, proc, pids = launch_shapes(env, backend, "sleep=60")
     proc.send_signal(sig)
     exit_code, err = finish(proc, timeout=30)
     assert exit_code == code, err
     run = backend.run(run_id)
     assert run["state"] == "error" and run["reason"] == f"cancelled ({signal.Signals(sig).name})"
-    assert not alive(codex_pid) and not alive(int(pidfile.read_text()))
+    assert not any(alive(p) for p in pids)
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_normal_end_leaves_no_setsid_daemon(env: Env, backend: LocalBackend, engine: dict) -> None:
+    run_id, proc, pids = launch_shapes(env, backend, "gate", **engine)
+    open_gate(env)
+    code, err = finish(proc)
+    assert code == 0, err
+    assert backend.run(run_id)["state"] == "complete"
+    assert not any(alive(p) for p in pids), "the daemon a command started ends with the run"
+    assert not (env.state(run_id) / "containment.json").exists()
+    said = [e["message"] for e in backend.entries(run_id) if e["message"].startswith("containment:")]
+    assert len(said) == 1 and ("cgroup v2" if not engine else "environment marker") in said[0]
+    assert err.count("containment:") == 1
+
+
+def test_codex_timeout_leaves_no_process(env: Env, backend: LocalBackend) -> None:
+    run_id, proc, pids = launch_shapes(env, backend, "sleep=60", FLYWHEEL_CODEX_TIMEOUT="2")
+    code, err = finish(proc, timeout=30)
+    assert code == 1, err
+    assert backend.run(run_id)["reason"].startswith("codex timed out after 2")
+    assert not any(alive(p) for p in pids)
+
+
+def test_next_start_sweeps_what_a_bootstrap_killed_whole_left(env: Env, backend: LocalBackend) -> None:
+    """Bootstrap, its workers and Codex SIGKILLed at once (no one left to clean
+    up): the next bootstrap with the same state folder ends the rest."""
+    run_id, proc, pids = launch_shapes(env, backend, "sleep=60")
+    state = env.state(run_id)
+    helpers = [p for n, p in wait_until(lambda: workers(state), 5, "workers").items() if n != "supervisor"]
+    # Frozen first, so that it neither replaces its workers nor ends Codex's commands.
+    kill(proc.pid, signal.SIGSTOP)
+    for pid in (*helpers, pids[0], proc.pid):
+        kill(pid, signal.SIGKILL)
+    proc.wait()
+    team = [proc.pid, *helpers, pids[0]]
+    wait_until(lambda: not any(alive(p) for p in team), 5, "the bootstrap's own processes gone")
+    assert all(alive(p) for p in pids[1:]), "nobody was left to end the commands"
+    other, token = backend.create_run(prompt="Work.")
+    again = env.run("--run-id", other, "--config", str(env.config()), "--server", backend.url,
+                    extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "ok"})
+    assert again.returncode == 0, again.stderr
+    assert f"left running for run {run_id}" in again.stderr
+    assert not any(alive(p) for p in pids)
+    assert not (state / "containment.json").exists()
 
 
 def test_restart_after_crash_delivers_the_spool_first(env: Env, backend: LocalBackend) -> None:

@@ -1,5 +1,6 @@
 """What every worker process shares: its mailbox, its liveness tick, and the
-guard that takes Codex down with it when the supervisor dies.
+guard that takes the run's processes (Codex and all it started) down when the
+supervisor dies.
 
 A worker talks to the supervisor through two one-way SimpleQueues made for that
 incarnation only (no feeder threads, so nothing is lost in a buffer when it is
@@ -25,6 +26,8 @@ from typing import Any
 
 from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
 
+from workers.run_processes import RunProcesses
+
 PR_SET_PDEATHSIG = 1
 TICK_EVERY = 1.0
 # A main loop silent this long is stuck even though its process still runs;
@@ -41,14 +44,6 @@ def set_parent_death_signal(sig: int) -> None:
         pass  # not Linux: the parent-pid check in the ticker still catches it
 
 
-def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
-    if pgid > 0:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 @dataclass(frozen=True)
 class Channels:
     """One incarnation's link to the supervisor. Built by the supervisor,
@@ -58,7 +53,7 @@ class Channels:
     commands: Any  # SimpleQueue: supervisor -> worker
     events: Any  # SimpleQueue: worker -> supervisor
     liveness: Any  # shared c_double: monotonic time of the last tick
-    codex_pgid: Any  # shared c_int: Codex's process group, 0 when none
+    run_processes: RunProcesses
     parent_pid: int
 
 
@@ -94,19 +89,24 @@ class Mailbox:
         return messages
 
 
-def _ticker(mailbox: Mailbox) -> None:
+def _ticker(mailbox: Mailbox, state_dir: Path) -> None:
     channels = mailbox.channels
     while True:
         if os.getppid() != channels.parent_pid:
-            _orphaned(channels)
+            _orphaned(channels, state_dir)
         if mailbox.progress_age < STALL_LIMIT:
             channels.liveness.value = time.monotonic()
         time.sleep(TICK_EVERY)
 
 
-def _orphaned(channels: Channels) -> None:
-    """The supervisor is gone: nobody will stop Codex, so do it and leave."""
-    kill_group(channels.codex_pgid.value)
+# How long an orphaned worker waits for the run's processes to die.
+ORPHAN_KILL_WAIT = 5.0
+
+
+def _orphaned(channels: Channels, state_dir: Path) -> None:
+    """The supervisor is gone: nobody else will end the run's processes (and
+    free its GPUs), so do it and leave."""
+    channels.run_processes.end(state_dir, ORPHAN_KILL_WAIT)
     os._exit(1)
 
 
@@ -116,14 +116,14 @@ def run_worker(target: Callable[..., None], channels: Channels, log_path: Path, 
 
     def on_term(signum: int, frame: object) -> None:
         if os.getppid() != channels.parent_pid:
-            kill_group(channels.codex_pgid.value)
+            _orphaned(channels, log_path.parent)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
     # Ctrl-C reaches the whole foreground group; only the supervisor acts on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != channels.parent_pid:
-        _orphaned(channels)
+        _orphaned(channels, log_path.parent)
     if os.environ.get("FLYWHEEL_FAULT_CRASH_WORKER") == channels.name:
         os._exit(70)  # fault injection for tests: a worker that dies instantly, forever
     # A worker's own stderr goes to a private file: a traceback there must not
@@ -133,7 +133,7 @@ def run_worker(target: Callable[..., None], channels: Channels, log_path: Path, 
     os.close(fd)
     mailbox = Mailbox(channels)
     channels.liveness.value = time.monotonic()
-    threading.Thread(target=_ticker, args=(mailbox,), daemon=True, name="liveness").start()
+    threading.Thread(target=_ticker, args=(mailbox, log_path.parent), daemon=True, name="liveness").start()
     try:
         target(mailbox, *args)
     except Exception:

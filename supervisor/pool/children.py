@@ -1,6 +1,7 @@
 """One run's supervisor as a child process of the pool: starting it (own session,
-output to its log, PR_SET_PDEATHSIG), signalling it, seeing that it exited, and
-reading what it left behind (entries shipped, its last line of output).
+output to its log, PR_SET_PDEATHSIG), seeing that it exited, ending what its run
+left running, and reading what it left behind (entries shipped, its last line
+of output).
 
 Each child's stdout/stderr goes to `$FLYWHEEL_HOME/state/<run_id>/pool-output.log`
 so the pool's status view stays readable.
@@ -18,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
+
+from workers.run_processes import RunProcesses
 
 OUTPUT_LOG = "pool-output.log"
 SHIPPER_STATE = "shipper.json"
@@ -88,14 +91,12 @@ def spawn(
         os.close(log_fd)
 
 
-def kill_group(pid: int, sig: int) -> None:
-    """Signal the supervisor's process group, and the supervisor itself should it
-    have moved to another group."""
-    for send in (os.killpg, os.kill):
-        try:
-            send(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+def end_run_processes(state_dir: Path) -> bool:
+    """Kill what the run's supervisor started (Codex and every process of its
+    run, by the containment record it keeps in its state folder); True once
+    none lives. Never waits: the pool asks again on its next turn."""
+    record = RunProcesses.load(state_dir)
+    return record is None or record.end(state_dir, timeout=0.0) is not None
 
 
 def exited_unreaped(pid: int) -> bool:

@@ -27,8 +27,8 @@ from supervisor.pool.gpus import GpuAllocator
 from supervisor.pool.children import (
     OUTPUT_LOG,
     CannotStart,
+    end_run_processes,
     exited_unreaped,
-    kill_group,
     last_output_line,
     parent_death_hook,
     read_delivered,
@@ -46,8 +46,12 @@ from supervisor.pool.decisions import (
 from supervisor.pool.report import post_error, post_note
 from supervisor.pool.runs_file import RunSpec
 from supervisor.settings import Timing
+from workers.run_processes import signal_group
 
 View = sv.LiveView | sv.PlainView
+# How long the pool keeps trying to end a run's processes that SIGKILL does not
+# end (a process stuck in the kernel) before it gives up on them.
+LINGER_LIMIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,9 @@ class RunSlot:
     status: int = EXIT_OK
     entries: int | None = None
     post: Future[str] | None = field(default=None, repr=False)
+    # Its supervisor is gone but some process of its run still lives: its
+    # GPUs are held back until none does (monotonic time it was first seen).
+    lingering_since: float | None = None
 
     @property
     def log_path(self) -> Path:
@@ -198,6 +205,7 @@ class Pool:
         while True:
             self._handle_signals()
             self._reap_exited()
+            self._end_lingering()
             if self.interrupted_by is None:
                 self._start_waiting()
             elif self._cancel_overdue():
@@ -207,7 +215,8 @@ class Pool:
             now = time.monotonic()
             self._collect_reports()
             self._view.update([run.row(now) for run in self.runs], now)
-            if all(run.state in states.FINAL_STATES and run.post is None for run in self.runs):
+            if all(run.state in states.FINAL_STATES and run.post is None and run.lingering_since is None
+                   for run in self.runs):
                 break
             self._wakeup.wait(self.settings.tick)
 
@@ -226,6 +235,23 @@ class Pool:
             ):
                 if exited_unreaped(run.proc.pid):
                     self.reap(run)
+
+    def _end_lingering(self) -> None:
+        now = time.monotonic()
+        for run in self.runs:
+            if run.lingering_since is None:
+                continue
+            if end_run_processes(run.state_dir):
+                run.lingering_since = None
+                self._release(run)
+            elif now - run.lingering_since > LINGER_LIMIT:
+                run.lingering_since = None  # stuck in the kernel: say so, keep its GPUs out of the pool
+                self._view.message(f"run {run.spec.run_id}: some of its processes survive SIGKILL; "
+                                   f"its GPUs ({','.join(run.gpus or ()) or 'none'}) stay out of the pool")
+
+    def _release(self, run: RunSlot) -> None:
+        if run.gpus is not None:
+            self._allocator.release(run.gpus)
 
     def _start_waiting(self) -> None:
         waiting = [run.spec.run_id for run in self.runs if run.state == states.WAITING]
@@ -275,8 +301,7 @@ class Pool:
         run.started = time.monotonic()
 
     def _fail_to_start(self, run: RunSlot, why: str) -> None:
-        if run.gpus is not None:
-            self._allocator.release(run.gpus)
+        self._release(run)
         run.state, run.result, run.status = states.ERROR, why, EXIT_RUN_ERROR
         run.ended = time.monotonic()
         if run.started is None:
@@ -287,11 +312,15 @@ class Pool:
         pid = run.proc.pid
         # Whatever the supervisor left in its process group goes with it, while
         # its zombie still pins the group id.
-        kill_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
         returncode = run.proc.wait()
         run.ended = time.monotonic()
-        if run.gpus is not None:
-            self._allocator.release(run.gpus)
+        # Its GPUs go to another run only once no process of this one lives
+        # (a supervisor SIGKILLed leaves that to its workers, and to us).
+        if end_run_processes(run.state_dir):
+            self._release(run)
+        else:
+            run.lingering_since = run.ended
         delivered = read_delivered(run.state_dir)
         if delivered is not None:
             run.entries = delivered
@@ -338,7 +367,7 @@ class Pool:
         self._view.message(why)
         for run in self.runs:
             if run.proc is not None and run.proc.returncode is None:
-                kill_group(run.proc.pid, signal.SIGKILL)
+                signal_group(run.proc.pid, signal.SIGKILL)
 
     # -- the end
 
@@ -347,8 +376,10 @@ class Pool:
         # never leave them behind.
         for run in self.runs:
             if run.proc is not None and run.proc.returncode is None:
-                kill_group(run.proc.pid, signal.SIGKILL)
+                signal_group(run.proc.pid, signal.SIGKILL)
                 run.proc.wait()
+            if run.proc is not None:
+                end_run_processes(run.state_dir)
         self._abandon_posts.set()
         self._posts.shutdown(wait=True, cancel_futures=True)
         self._wakeup.close()

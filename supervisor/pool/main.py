@@ -23,6 +23,7 @@ from supervisor.pool.decisions import (
 )
 from supervisor.pool.loop import Pool, PoolSettings, View
 from supervisor.pool.runs_file import RunSpec, read_runs
+from workers.run_processes import containment_in_force, sweep_left_processes
 
 
 def run_many(runs_file: str, config: Path | None, server: str, max_parallel: int | None,
@@ -156,6 +157,9 @@ def run_pool(
         cancel_grace=cancel_grace,
         tick=0.25 if is_tty else 1.0,
     )
+    state_root = flywheel_home_of(env) / "state"
+    sweep_left_processes(state_root, echo)
+    echo(containment_in_force(env))
     view = _open_view(echo, is_tty=is_tty)
-    return Pool(specs, flywheel_home_of(env) / "state", settings, view, echo).run()
+    return Pool(specs, state_root, settings, view, echo).run()
 

@@ -1,0 +1,566 @@
+"""The run's processes: Codex and everything it starts (SPEC section 9,
+"Containment: a run owns every process it starts").
+
+The real Codex starts every command in a session of its own, and a command may
+`setsid` a daemon, so no process group and no parent-death signal reaches them.
+A run therefore owns a cgroup v2 of its own, created below bootstrap's cgroup,
+that Codex enters before it execs (every descendant inherits it): killing the
+run is one write to `cgroup.kill`, and `cgroup.events` says when it is empty.
+
+Where no cgroup can be made (no cgroup2 mount, not delegated, not root), the
+run falls back to what GitHub's Actions runner does with RUNNER_TRACKING_ID: a
+per-run marker variable in Codex's environment, found again in
+`/proc/*/environ`, plus PR_SET_CHILD_SUBREAPER on the supervisor so that
+orphans stay below it instead of escaping to init.
+
+This is the one place that starts into, signals, kills, awaits and sweeps a
+run's processes; the supervisor, the pool and the workers (which kill the run
+when the supervisor dies) all use it, so it depends on nothing above `workers`.
+Decisions are pure functions over the text of kernel files, tested by table.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+
+MARKER_VAR = "FLYWHEEL_RUN_MARKER"
+# "marker" forces the fallback (for tests, or a host whose cgroups misbehave).
+ENGINE_VAR = "FLYWHEEL_CONTAINMENT"
+RECORD = "containment.json"
+USAGE = "usage.json"
+_PR_SET_CHILD_SUBREAPER = 36
+_POLL = 0.005
+
+
+# -- pure decisions over kernel text ------------------------------------------
+
+
+def _unescape_mount(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code in ("\\040", "\\011", "\\012", "\\134"):
+        field = field.replace(code, chr(int(code[1:], 8)))
+    return field
+
+
+def cgroup2_mount(mountinfo: str) -> tuple[str, str] | None:
+    """(mount point, root within the hierarchy) of the first cgroup2 mount."""
+    for line in mountinfo.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if sep and tail.split()[:1] == ["cgroup2"] and len(fields) >= 5:
+            return _unescape_mount(fields[4]), _unescape_mount(fields[3])
+    return None
+
+
+def own_cgroup(proc_cgroup: str) -> str | None:
+    """The v2 path (`0::/path`) from /proc/<pid>/cgroup; None without one."""
+    for line in proc_cgroup.splitlines():
+        if line.startswith("0::"):
+            path = line[3:].strip()
+            # "(deleted)": our cgroup was removed under us; nothing can go below it.
+            return path if path.startswith("/") and not path.endswith("(deleted)") else None
+    return None
+
+
+def cgroup_dir(mount: tuple[str, str], own: str) -> Path | None:
+    """Where `own` lives on disk, given the mount of its hierarchy; None when
+    the mount does not show it (a bind mount of another part of the tree)."""
+    point, root = mount
+    root = root.rstrip("/")
+    if root and own != root and not own.startswith(root + "/"):
+        return None
+    return Path(point) / own[len(root):].lstrip("/")
+
+
+def populated(events: str) -> bool:
+    """cgroup.events: `populated 1` while any process lives in the subtree."""
+    for line in events.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "populated":
+            return value.strip() != "0"
+    return False
+
+
+def cpu_seconds(cpu_stat: str) -> float | None:
+    for line in cpu_stat.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec" and value.strip().isdigit():
+            return int(value) / 1e6
+    return None
+
+
+def has_marker(environ: bytes, marker: str) -> bool:
+    return f"{MARKER_VAR}={marker}".encode() in environ.split(b"\0")
+
+
+def start_ticks(stat: str) -> int | None:
+    """Field 22 of /proc/<pid>/stat: when the process started (tells a reused
+    pid from the process that made a record)."""
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def cgroup_name(run_id: str, pid: int) -> str:
+    return f"flywheel-{run_id}-{pid}"
+
+
+# -- what the kernel says about processes -------------------------------------
+
+
+def _read(path: Path | str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    stat = _read(f"/proc/{pid}/stat")
+    return start_ticks(stat) if stat else None
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _marked_pids(marker: str) -> list[int]:
+    me = os.getpid()
+    found = []
+    for pid in _all_pids():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue  # gone, or not ours to read (then not ours to kill either)
+        # A zombie's environ reads empty: it holds nothing and is not counted.
+        if environ and has_marker(environ, marker):
+            found.append(pid)
+    return found
+
+
+def _signal(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """`sig` to process group `pgid`, and to process `pgid` should it have
+    left its group (a group leader's pid is its group's id)."""
+    if pgid <= 0:
+        return
+    for send in (os.killpg, os.kill):
+        try:
+            send(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _set_child_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+# -- accounting ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the run's processes used; None where this host cannot say."""
+
+    cpu_seconds: float | None = None
+    peak_bytes: int | None = None
+
+    def describe(self) -> str:
+        cpu = "CPU time unavailable" if self.cpu_seconds is None else f"CPU {format_seconds(self.cpu_seconds)}"
+        peak = "peak memory unavailable" if self.peak_bytes is None else f"peak memory {format_bytes(self.peak_bytes)}"
+        return f"{cpu}, {peak}"
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(data: bytes) -> Usage | None:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(value, dict):
+            return None
+        cpu, peak = value.get("cpu_seconds"), value.get("peak_bytes")
+        return Usage(
+            float(cpu) if isinstance(cpu, (int, float)) and not isinstance(cpu, bool) else None,
+            peak if isinstance(peak, int) and not isinstance(peak, bool) else None,
+        )
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def format_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+# -- the run's processes ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunProcesses:
+    """A run's processes, by cgroup or (cgroup None) by environment marker.
+    Plain data: the workers inherit it, and the state folder keeps it as a
+    record so that the pool, and a later bootstrap, can find the run again."""
+
+    marker: str
+    cgroup: Path | None
+    # The supervisor that made it, and when that process started (pid reuse).
+    owner: int
+    owner_start: int | None
+
+    @property
+    def engine(self) -> str:
+        return "cgroup" if self.cgroup is not None else "marker"
+
+    def describe(self) -> str:
+        if self.cgroup is not None:
+            return f"containment: cgroup v2 {self.cgroup}"
+        return (f"containment: no writable cgroup v2 here; falling back to the {MARKER_VAR} environment "
+                "marker and a child subreaper (a process that clears its environment can escape)")
+
+    # -- starting into
+
+    def child_env(self, env: Mapping[str, str]) -> dict[str, str]:
+        return {**env, MARKER_VAR: self.marker}
+
+    def start(
+        self, argv: Sequence[str], *, env: Mapping[str, str], preexec: Callable[[], None] | None = None,
+        **popen: object,
+    ) -> subprocess.Popen[bytes]:
+        """Popen `argv` as a process of the run: marked, and moved into the
+        run's cgroup between fork and exec (before `preexec`), so that nothing
+        it starts can be outside. The file is opened here, in the parent, so
+        the child only writes to it."""
+        fd = -1
+        if self.cgroup is not None:
+            try:
+                fd = os.open(self.cgroup / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # `holds` then says so; the marker still finds the process
+
+        def setup() -> None:
+            if fd >= 0:
+                try:
+                    os.write(fd, b"0")
+                except OSError:
+                    pass
+            if preexec is not None:
+                preexec()
+
+        try:
+            return subprocess.Popen(list(argv), env=self.child_env(env), preexec_fn=setup, **popen)  # type: ignore[call-overload]
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def holds(self, pid: int) -> bool:
+        """Whether a process started with `placer` really is in the cgroup."""
+        if self.cgroup is None:
+            return True
+        own = own_cgroup(_read(f"/proc/{pid}/cgroup") or "")
+        return own is not None and own.rstrip("/").endswith("/" + self.cgroup.name)
+
+    # -- looking
+
+    def members(self) -> list[int]:
+        """The pids of the run's live processes (the whole subtree)."""
+        if self.cgroup is None:
+            return _marked_pids(self.marker)
+        pids: list[int] = []
+        for folder, _dirs, files in os.walk(self.cgroup):
+            if "cgroup.procs" in files:
+                text = _read(Path(folder) / "cgroup.procs") or ""
+                pids += [int(p) for p in text.split() if p.isdigit()]
+        return pids
+
+    def empty(self) -> bool:
+        if self.cgroup is None:
+            return not _marked_pids(self.marker)
+        events = _read(self.cgroup / "cgroup.events")
+        return events is None or not populated(events)
+
+    # -- acting
+
+    def signal_all(self, sig: int) -> None:
+        _signal(self.members(), sig)
+
+    def kill_all(self) -> None:
+        """SIGKILL every process of the run, including any started meanwhile."""
+        if self.cgroup is None:
+            self._kill_marked()
+        elif not _write(self.cgroup / "cgroup.kill", "1"):
+            self._freeze_and_kill()
+
+    def _kill_marked(self) -> None:
+        # Stop them first so none forks a new one between the scan and the kill.
+        for _ in range(20):
+            pids = _marked_pids(self.marker)
+            if not pids:
+                return
+            _signal(pids, signal.SIGSTOP)
+            _signal(pids, signal.SIGKILL)
+
+    def _freeze_and_kill(self) -> None:
+        """Kernels before 5.14 have no cgroup.kill: a frozen cgroup cannot fork,
+        so one pass of SIGKILL gets every member; a fatal signal thaws them."""
+        assert self.cgroup is not None
+        frozen = _write(self.cgroup / "cgroup.freeze", "1")
+        if frozen:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and "frozen 1" not in (_read(self.cgroup / "cgroup.events") or ""):
+                time.sleep(_POLL)
+        _signal(self.members(), signal.SIGKILL)
+        if frozen:
+            _write(self.cgroup / "cgroup.freeze", "0")
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until no process of the run lives."""
+        deadline = time.monotonic() + timeout
+        while not self.empty():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL)
+        return True
+
+    def usage(self) -> Usage:
+        if self.cgroup is None:
+            return Usage()
+        stat = _read(self.cgroup / "cpu.stat")
+        peak = _read(self.cgroup / "memory.peak")
+        return Usage(cpu_seconds(stat) if stat else None,
+                     int(peak) if peak and peak.strip().isdigit() else None)
+
+    def end(self, state_dir: Path | None, timeout: float = 5.0) -> Usage | None:
+        """Kill every process of the run, await them, keep what they used,
+        remove the cgroup and the record; returns the usage. None (and
+        everything kept, for the caller to try again) while some process
+        still lives after `timeout`."""
+        self.kill_all()
+        if not self.wait_empty(timeout):
+            return None
+        usage = self.usage()
+        if state_dir is not None:
+            if usage != Usage() or not (state_dir / USAGE).exists():
+                _write_atomic(state_dir / USAGE, usage.to_json())
+            else:
+                usage = kept_usage(state_dir) or usage  # an earlier `end` removed the cgroup
+        if self.cgroup is not None:
+            _remove_tree(self.cgroup)
+        if state_dir is not None:
+            try:
+                (state_dir / RECORD).unlink()
+            except FileNotFoundError:
+                pass
+        return usage
+
+    # -- the record in the state folder
+
+    def save(self, state_dir: Path) -> None:
+        body = {"marker": self.marker, "cgroup": str(self.cgroup) if self.cgroup else None,
+                "owner": self.owner, "owner_start": self.owner_start}
+        _write_atomic(state_dir / RECORD, orjson.dumps(body))
+        try:
+            (state_dir / USAGE).unlink()
+        except FileNotFoundError:
+            pass
+
+    @staticmethod
+    def load(state_dir: Path) -> RunProcesses | None:
+        try:
+            value = orjson.loads((state_dir / RECORD).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("marker"), str) \
+                or not isinstance(value.get("owner"), int):
+            return None
+        cgroup = value.get("cgroup")
+        start = value.get("owner_start")
+        return RunProcesses(value["marker"], Path(cgroup) if isinstance(cgroup, str) else None,
+                            value["owner"], start if isinstance(start, int) else None)
+
+    def owner_alive(self) -> bool:
+        start = process_start(self.owner)
+        return start is not None and (self.owner_start is None or start == self.owner_start)
+
+
+def kept_usage(state_dir: Path) -> Usage | None:
+    """What a run's processes used, as kept by `end` in its state folder."""
+    try:
+        return Usage.from_json((state_dir / USAGE).read_bytes())
+    except OSError:
+        return None
+
+
+def live_usage(state_dir: Path) -> Usage | None:
+    """What a run's processes have used so far (while it runs), else what
+    they used in the end; None when neither is known."""
+    record = RunProcesses.load(state_dir)
+    if record is not None and record.cgroup is not None:
+        usage = record.usage()
+        if usage != Usage():
+            return usage
+    return kept_usage(state_dir)
+
+
+def _write(path: Path, text: str) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.write(fd, text.encode())
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _remove_tree(cgroup: Path) -> None:
+    """rmdir the cgroup and any child cgroup a command made, deepest first."""
+    for folder, _dirs, _files in sorted(os.walk(cgroup), key=lambda t: -len(t[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass  # gone already, or EBUSY: a member still lives and the next sweep tries again
+
+
+# -- making one ---------------------------------------------------------------
+
+
+def make_cgroup(name: str) -> Path | None:
+    """Create the run's cgroup below our own; None where that is impossible."""
+    mount = cgroup2_mount(_read("/proc/self/mountinfo") or "")
+    own = own_cgroup(_read("/proc/self/cgroup") or "")
+    if mount is None or own is None:
+        return None
+    parent = cgroup_dir(mount, own)
+    if parent is None:
+        return None
+    path = parent / name
+    try:
+        path.mkdir()
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    if not _can_enter(path):
+        _remove_tree(path)
+        return None
+    return path
+
+
+def _can_enter(path: Path) -> bool:
+    """Whether a process of ours may move into `path`: that takes write access
+    to the common ancestor's cgroup.procs too (delegation), so try it for real
+    with a throwaway child."""
+    try:
+        fd = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(fd, b"0")
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def open_run(run_id: str, env: Mapping[str, str]) -> RunProcesses:
+    """The containment for a run this process supervises: its own cgroup where
+    one can be made (unless ENGINE_VAR says "marker"), else the fallback."""
+    pid = os.getpid()
+    name = cgroup_name(run_id, pid)
+    cgroup = None if env.get(ENGINE_VAR) == "marker" else make_cgroup(name)
+    if cgroup is None:
+        _set_child_subreaper()
+    return RunProcesses(marker=name, cgroup=cgroup, owner=pid, owner_start=process_start(pid))
+
+
+def containment_in_force(env: Mapping[str, str]) -> str:
+    """What `open_run` would give a run here, in words (made and removed)."""
+    probe = open_run("probe", env)
+    probe.end(None, timeout=1.0)
+    return probe.describe()
+
+
+def sweep_stale(state_root: Path, timeout: float = 5.0) -> list[str]:
+    """End the processes of runs whose supervisor died whole (nobody was left
+    to do it), found by the records in every run's state folder below
+    `state_root`. Returns the run ids swept."""
+    swept = []
+    try:
+        folders = [p for p in state_root.iterdir() if p.is_dir()]
+    except OSError:
+        return swept
+    for folder in folders:
+        record = RunProcesses.load(folder)
+        if record is None or record.owner_alive():
+            continue
+        if record.end(folder, timeout) is not None:
+            swept.append(folder.name)
+    return swept
+
+
+def sweep_left_processes(state_root: Path, say: Callable[[str], None]) -> None:
+    """`sweep_stale` at a bootstrap's start, saying what it ended."""
+    for run_id in sweep_stale(state_root):
+        say(f"ended the processes that a killed earlier bootstrap left running for run {run_id}")
