@@ -11,7 +11,6 @@ what its predecessor was asked to do.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,10 +20,11 @@ from typing import Any
 import orjson
 from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
 
-from supervisor.settings import Timing
+from supervisor.signals import describe_exit
+from workers.common.timing import Timing
 from workers.run_processes import RunProcesses
 from workers.runtime import Channels, run_worker
-from workers.spool import write_atomic
+from workers.common.files import write_private
 
 # A worker that lived this long before dying is not "dying instantly".
 STABLE_AFTER = 5.0
@@ -55,17 +55,6 @@ class _Slot:
     sticky: list[tuple[Any, ...]] = field(default_factory=list)
     last_exit: str = ""
     gave_up: bool = False
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 class Arbiter:
@@ -122,7 +111,7 @@ class Arbiter:
         """workers.json in the state folder: which pid is which worker, for a
         person debugging a run (and for the fault tests)."""
         pids = {name: s.process.pid for name, s in self.slots.items() if s.process is not None}
-        write_atomic(self.state_dir / "workers.json", orjson.dumps({"supervisor": os.getpid(), **pids}))
+        write_private(self.state_dir / "workers.json", orjson.dumps({"supervisor": os.getpid(), **pids}))
 
     def send(self, name: str, *message: Any, sticky: bool = False) -> None:
         slot = self.slots[name]

@@ -11,8 +11,10 @@ from typing import Any
 import click
 
 from supervisor import __version__
-from supervisor.errors import EXIT_OK, EXIT_SIGINT, EXIT_USAGE, BootstrapError
-from supervisor.settings import RunSettings, Timing, flywheel_home
+from workers.common.errors import EXIT_OK, EXIT_SIGINT, EXIT_USAGE, BootstrapError
+from supervisor.settings import RunSettings
+from workers.common.files import flywheel_home
+from workers.common.timing import Timing
 
 DEFAULT_SERVER = "http://localhost:8000"
 
@@ -32,7 +34,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def run_single(run_id: str, token: str, config: Path, server: str, timing: Timing) -> int:
-    from supervisor.backend_client import Backend
+    from workers.common.backend_client import Backend
     from supervisor.preflight import prepare
     from supervisor.run import supervise
     from workers.run_processes import sweep_left_processes
@@ -55,7 +57,7 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
 def _mention_leftover_spool(state_dir: Path) -> None:
     """A crashed earlier start may have left entries that never reached the
     backend; the backend will not take this run again, so say where they are."""
-    from workers.spool import ShipperState
+    from workers.common.spool import ShipperState
 
     state = ShipperState.load(state_dir)
     waiting = state.next_seq - 1 - state.delivered

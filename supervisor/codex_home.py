@@ -27,8 +27,8 @@ from typing import Any
 
 from supervisor import toml_write
 from supervisor.config import CodexConfig
-from supervisor.errors import ConfigError
-from supervisor.workspace import make_private_dir
+from workers.common.errors import ConfigError
+from workers.common.files import TMP_FOLDER, make_private_dir, write_private
 
 CODEX_HOME_NAME = "codex_home"
 CONFIG_NAME = "config.toml"
@@ -121,23 +121,8 @@ def _copy_auth(source: Path, dest: Path) -> None:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600 (never a moment
-    where another user could read it, never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        # The temporary goes to the state folder: CODEX_HOME is Codex's.
+        write_private(path, data, tmp_dir=path.parent.parent / TMP_FOLDER)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 
 SANDBOX_MODES: tuple[str, ...] = ("read-only", "workspace-write", "danger-full-access")
 # Codex's own default for `exec` is read-only, where no manifest can be written.

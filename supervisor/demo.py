@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 from supervisor.local_backend import LocalBackend
 
 DEFAULT_TIMEOUT_S = 120.0

@@ -23,21 +23,19 @@ import contextlib
 import ipaddress
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from supervisor.errors import ConfigError
-
-MANIFEST_NAME = "flywheel_artifacts.json"
-PROMPT_NAME = "flywheel_prompt.txt"
+from workers.common.errors import ConfigError
+from workers.common.files import write_private
+from workers.common.names import MANIFEST_NAME, PROMPT_NAME
+from workers.common.redact import mask, mask_url_userinfo
 CREDENTIALS_NAME = "git-credentials"
 # Written once the clone is ready; persist() refuses to touch a repository without
 # it, so a workspace that merely happens to be a git repository is never pushed.
@@ -197,7 +195,7 @@ class RepoContext:
             values[key] = value.strip()
         why = url_problem(values["repo_url"])
         if why:
-            raise RepoContextError(f"repo_context.repo_url {_redact_url(values['repo_url'])!r}: {why}")
+            raise RepoContextError(f"repo_context.repo_url {mask_url_userinfo(values['repo_url'])!r}: {why}")
         for key in ("branch_name", "base_branch"):
             why = ref_problem(values[key])
             if why:
@@ -268,22 +266,9 @@ def credential_config(cred_file: Path) -> list[tuple[str, str]]:
     return [("credential.helper", ""), ("credential.helper", credential_helper(cred_file))]
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Atomically write a 0600 file (mkstemp creates it 0600 before any byte lands)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_credentials(cred_file: Path, repo_url: str, token: str) -> None:
     line = credential_line(repo_url, token)
-    _write_private(cred_file, f"{line}\n" if line else "")
+    write_private(cred_file, (f"{line}\n" if line else "").encode())
 
 
 def _stored_tokens(cred_file: Path) -> set[str]:
@@ -296,18 +281,6 @@ def _stored_tokens(cred_file: Path) -> set[str]:
                 if password:
                     found.add(unquote(password))
     return found
-
-
-def _redact_url(text: str) -> str:
-    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret (and its URL-quoted form) and URL userinfo replaced by ***."""
-    variants = {v for s in secrets if s for v in (s, quote(s, safe=""))}
-    for secret in sorted(variants, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return _redact_url(text)
 
 
 # --------------------------------------------------------------------- running git
@@ -388,7 +361,7 @@ def _check(what: str, result: _Result) -> _Result:
 
 
 def _failure_note(prefix: str, exc: _GitFailed, secrets: Iterable[str]) -> Note:
-    tail = redact(exc.result.err.strip(), secrets)[-_STDERR_TAIL:]
+    tail = mask(exc.result.err.strip(), secrets)[-_STDERR_TAIL:]
     detail = f" (exit {exc.result.code})" + (f": {tail}" if tail else "")
     return _warning(f"{prefix}: {exc.what} failed{detail}")
 
@@ -435,7 +408,7 @@ def prepare_repo(
     secrets = {token}
     cred_file = state_dir / CREDENTIALS_NAME
     url = _strip_password(ctx.repo_url)
-    shown = _redact_url(ctx.repo_url)
+    shown = mask_url_userinfo(ctx.repo_url)
     prefix = f"Code persistence ({shown}) disabled"
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -505,7 +478,7 @@ def prepare_repo(
                 kind = "new branch"
         start = local("rev-parse", "HEAD", what="git rev-parse").out.strip()
         marker = {"repo_url": url, "branch": branch, "start": start}
-        _write_private(state_dir / MARKER_NAME, json.dumps(marker))
+        write_private(state_dir / MARKER_NAME, json.dumps(marker).encode())
     except _GitFailed as exc:
         notes.append(_failure_note(prefix, exc, secrets))
     except OSError as exc:
@@ -593,7 +566,7 @@ def persist(
     except _GitFailed as exc:
         notes.append(_failure_note("Code persistence", exc, secrets))
     except Exception as exc:  # noqa: BLE001 - persistence must never fail the run
-        notes.append(_warning(f"Code persistence failed unexpectedly: {redact(repr(exc), secrets)[:500]}"))
+        notes.append(_warning(f"Code persistence failed unexpectedly: {mask(repr(exc), secrets)[:500]}"))
     finally:
         with contextlib.suppress(OSError):
             cred_file.unlink()
@@ -679,7 +652,7 @@ def _persist(
         notes.append(_warning(f"Could not refresh the GitHub token ({problem}); pushing with the current one."))
 
     branch = ctx.branch_name
-    shown = _redact_url(marker.repo_url)
+    shown = mask_url_userinfo(marker.repo_url)
     # Push to the URL we cloned, not whatever `origin` now says: .git/config is
     # writable by Codex, and the token must only ever go to the repository's host.
     git(*_cred_args(cred_file), "push", "--no-verify", marker.repo_url, f"HEAD:refs/heads/{branch}",

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "flywheel_artifacts.json"
+from workers.common.names import MANIFEST_NAME as MANIFEST
+
 REPORT = "mock_report.md"
 VERSION = "0.169.0"
 # The whole demo takes about this long: enough to see events stream in.

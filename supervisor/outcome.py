@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 from enum import Enum
+
+from supervisor.signals import signal_name
 
 
 class Action(str, Enum):
@@ -28,13 +29,6 @@ class Decision:
     post_artifacts: bool
     reason: str = ""
     warning: str | None = None
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def decide(

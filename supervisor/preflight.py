@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from supervisor.backend_client import validate_server_url
+from workers.common.backend_client import validate_server_url
 from supervisor.codex_home import prepare_codex_home
 from supervisor.config import NO_SANDBOX_MODE, CodexConfig, load_config, sandbox_args
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 from supervisor.git_persist import max_commit_file_bytes
 from supervisor.provision import CodexCommand, find_codex, login_ok, terminal_progress
 from supervisor.settings import RunSettings

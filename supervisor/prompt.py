@@ -7,7 +7,7 @@ artifact type, nothing it has to guess.
 
 from __future__ import annotations
 
-from supervisor.workspace import MANIFEST_NAME as MANIFEST
+from workers.common.names import MANIFEST_NAME as MANIFEST
 
 HEAD_LIMIT = 2000
 

@@ -32,13 +32,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3.exceptions
 
-from supervisor.backoff import backoff_delay
-from supervisor.errors import ConfigError, ProvisionError
+from workers.common.backoff import backoff_delay
+from workers.common.errors import ConfigError, ProvisionError
+from workers.common.redact import mask_url_userinfo
 
 CODEX_VERSION = "0.169.0"
 
@@ -129,14 +129,6 @@ def expected_sha256(env: Mapping[str, str]) -> str | None:
     return raw
 
 
-def redact_url(url: str) -> str:
-    """The URL without any user:password part (a mirror URL may carry one)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
 def _is_usable(path: Path) -> bool:
     # Only complete binaries are ever renamed to this path, so existence plus the
     # executable bit is proof enough; the size check guards against a user's touch.
@@ -152,7 +144,7 @@ def _is_usable(path: Path) -> bool:
 
 def _failure(url: str, why: str) -> ProvisionError:
     return ProvisionError(
-        f"Could not download Codex {CODEX_VERSION} from {redact_url(url)}: {why}. "
+        f"Could not download Codex {CODEX_VERSION} from {mask_url_userinfo(url)}: {why}. "
         f"Install codex so it is on PATH (e.g. `npm install -g @openai/codex`), or set "
         f"{ENV_DOWNLOAD_URL} to a mirror folder holding {url.rsplit('/', 1)[-1]}."
     )

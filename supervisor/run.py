@@ -21,20 +21,20 @@ import orjson
 
 from supervisor import git_persist
 from supervisor.arbiter import Arbiter, WorkerGaveUp, WorkerSpec
-from supervisor.backend_client import Backend
+from workers.common.backend_client import Backend
 from supervisor.codex_process import CodexProcess, exec_argv, resume_argv, stderr_tail
-from supervisor.errors import EXIT_OK, EXIT_RUN_ERROR
+from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR
 from supervisor.outcome import Action, CodexEnd, Decision, decide
 from supervisor.preflight import Prepared, codex_env, payload_secrets
 from supervisor.prompt import build_fix_prompt, build_prompt
 from supervisor.signals import Interrupts
-from supervisor.workspace import MANIFEST_NAME, PROMPT_NAME
 from workers import artifact_watcher, heartbeat, log_shipper
 from workers.artifacts import artifact_files, read_manifest
 from workers.log_entries import thread_id_of
-from workers.redact import Redactor
+from workers.common.names import MANIFEST_NAME, PROMPT_NAME
+from workers.common.redact import Redactor
+from workers.common.spool import BOOTSTRAP_LOG, CODEX_ERR, CODEX_OUT, EntryLog, LineTail, terminate_last_line
 from workers.run_processes import RunProcesses, Usage, open_run
-from workers.spool import BOOTSTRAP_LOG, CODEX_ERR, CODEX_OUT, EntryLog, LineTail, terminate_last_line
 
 SHIPPER, HEARTBEAT, WATCHER = "log-shipper", "heartbeat", "artifact-watcher"
 

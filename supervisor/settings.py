@@ -2,58 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from supervisor.errors import ConfigError
-
-
-def flywheel_home() -> Path:
-    """Bootstrap's own home: FLYWHEEL_HOME, default ~/.flywheel."""
-    return Path(os.environ.get("FLYWHEEL_HOME") or "~/.flywheel").expanduser()
-
-
-_COUNTS = frozenset({"fetch_tries", "max_restarts"})
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Every time-based behaviour, in seconds, so tests can shrink it."""
-
-    heartbeat_interval: float = 30.0
-    codex_timeout: float | None = None
-    # SIGTERM to Codex's process group, then SIGKILL after this long.
-    kill_grace: float = 10.0
-    # How long a cancelled run may spend flushing the spool before exiting.
-    flush_timeout: float = 15.0
-    # A worker whose liveness tick is older than this is killed and replaced.
-    liveness_timeout: float = 10.0
-    # Capped exponential backoff for telemetry calls.
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
-    # Bootstrap fetch: about 6 tries from 0.5 s.
-    fetch_tries: int = 6
-    connect_timeout: float = 10.0
-    read_timeout: float = 30.0
-    # A worker that keeps dying is given up on after this many restarts in a row.
-    max_restarts: int = 10
-
-    @classmethod
-    def from_env(cls, **overrides: float | int | None) -> "Timing":
-        """Defaults, then FLYWHEEL_TIMING_<FIELD> variables (tests shrink timings
-        this way), then explicit overrides from the command line."""
-        values: dict[str, float | int | None] = {}
-        for name in cls.__dataclass_fields__:
-            variable = f"FLYWHEEL_TIMING_{name.upper()}"
-            raw = os.environ.get(variable)
-            if raw:
-                try:
-                    values[name] = int(raw) if name in _COUNTS else float(raw)
-                except ValueError:
-                    raise ConfigError(f"{variable}={raw!r} is not a number") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+from workers.common.files import flywheel_home
+from workers.common.timing import Timing
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,34 @@
 """SIGINT/SIGTERM as an event the supervisor's loop can wait on, not an
-exception thrown into the middle of whatever it was doing."""
+exception thrown into the middle of whatever it was doing; and how a signal or
+an exit status reads in a message."""
 
 from __future__ import annotations
 
-import os
 import signal
 from types import FrameType
+
+from workers.common.wake import WakePipe
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def describe_exit(code: int | None) -> str:
+    """A process's exit status (Popen's: negative means killed by that signal)."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by {signal_name(-code)}"
+    return f"exit code {code}"
 
 
 class Interrupts:
     def __init__(self) -> None:
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe = WakePipe()
         self.received: list[int] = []
         self._previous: dict[int, object] = {}
 
@@ -26,20 +44,13 @@ class Interrupts:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
-        try:
-            os.write(self.w, b"!")
-        except BlockingIOError:
-            pass
+        self._pipe.poke()
 
     def drain(self) -> None:
-        try:
-            while os.read(self.r, 64):
-                pass
-        except BlockingIOError:
-            pass
+        self._pipe.clear()
 
     def fileno(self) -> int:
-        return self.r
+        return self._pipe.fileno()
 
     @property
     def first(self) -> int | None:

@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 
 from supervisor.config import CodexConfig
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
+from workers.common.files import make_private_dir
+from workers.common.names import MANIFEST_NAME
 
-MANIFEST_NAME = "flywheel_artifacts.json"
-PROMPT_NAME = "flywheel_prompt.txt"
 RUN_ID_PLACEHOLDER = "<run_id>"
 MAX_RUN_ID_LENGTH = 128
 
@@ -123,15 +123,6 @@ def check_manifest_in_roots(workspace: Path, cfg: CodexConfig) -> None:
         f"[sandbox_workspace_write] writable_roots ({roots}), so sandboxed Codex could not "
         "write it; add the workspace folder to writable_roots or set cd inside one of them"
     )
-
-
-def make_private_dir(path: Path, label: str, hint: str = "") -> None:
-    """Create `path` (parents too) as 0700, also when it already existed."""
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
-    except OSError as exc:
-        raise ConfigError(f"{label} {path} cannot be created: {exc.strerror or exc}{hint}") from None
 
 
 def prepare_state_dir(home: Path, run_id: str) -> Path:

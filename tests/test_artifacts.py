@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 from workers import artifacts as A
+from workers.common.names import MANIFEST_NAME
 from workers.artifacts import (
     DEFAULT_BLOB_THRESHOLD,
     HEAD_CHARS,
@@ -49,7 +50,7 @@ def outside(tmp_path: Path) -> Path:
 
 
 def write_manifest(ws: Path, content: str | bytes) -> Path:
-    path = ws / A.MANIFEST_NAME
+    path = ws / MANIFEST_NAME
     if isinstance(content, str):
         path.write_text(content, encoding="utf-8")
     else:
@@ -130,7 +131,7 @@ def test_scalar_is_malformed(ws: Path, text: str, kind: str) -> None:
 
 
 def test_missing_manifest(ws: Path) -> None:
-    got = read_manifest(ws / A.MANIFEST_NAME)
+    got = read_manifest(ws / MANIFEST_NAME)
     assert got == A.ManifestRead("missing")
 
 
@@ -277,7 +278,7 @@ def test_artifact_type_is_normalized(ws: Path) -> None:
 
 
 def test_huge_sparse_manifest_is_refused_without_reading_it(ws: Path) -> None:
-    path = ws / A.MANIFEST_NAME
+    path = ws / MANIFEST_NAME
     with open(path, "wb") as f:
         f.write(b"[")
         f.truncate(100 * 1000 * 1000)
@@ -303,51 +304,51 @@ def test_max_bytes_is_configurable(ws: Path) -> None:
 
 
 def test_manifest_that_is_a_directory(ws: Path) -> None:
-    (ws / A.MANIFEST_NAME).mkdir()
-    got = read_manifest(ws / A.MANIFEST_NAME)
+    (ws / MANIFEST_NAME).mkdir()
+    got = read_manifest(ws / MANIFEST_NAME)
     assert got.status == "malformed"
-    assert got.error == f"manifest {A.MANIFEST_NAME} is a directory, not a file"
+    assert got.error == f"manifest {MANIFEST_NAME} is a directory, not a file"
     assert got.head is None
 
 
 def test_manifest_that_is_a_fifo_does_not_hang(ws: Path) -> None:
-    os.mkfifo(ws / A.MANIFEST_NAME)
-    got = read_manifest(ws / A.MANIFEST_NAME)
+    os.mkfifo(ws / MANIFEST_NAME)
+    got = read_manifest(ws / MANIFEST_NAME)
     assert got.status == "malformed"
     assert "FIFO" in (got.error or "")
 
 
 def test_manifest_symlinked_outside_is_refused(ws: Path, outside: Path) -> None:
     os.mkfifo(outside / "secret")  # opening it for reading would hang
-    (ws / A.MANIFEST_NAME).symlink_to(outside / "secret")
-    got = read_manifest(ws / A.MANIFEST_NAME)
+    (ws / MANIFEST_NAME).symlink_to(outside / "secret")
+    got = read_manifest(ws / MANIFEST_NAME)
     assert got.status == "malformed"
     assert "outside the workspace" in (got.error or "")
     assert got.head is None
 
 
 def test_manifest_symlinked_to_dev_null_is_refused(ws: Path) -> None:
-    (ws / A.MANIFEST_NAME).symlink_to("/dev/null")
-    got = read_manifest(ws / A.MANIFEST_NAME)
+    (ws / MANIFEST_NAME).symlink_to("/dev/null")
+    got = read_manifest(ws / MANIFEST_NAME)
     assert got.status == "malformed"
 
 
 def test_manifest_symlinked_inside_is_read(ws: Path) -> None:
     (ws / "out").mkdir()
     (ws / "out" / "m.json").write_text(json.dumps([art("text", content="x")]))
-    (ws / A.MANIFEST_NAME).symlink_to("out/m.json")
-    assert read_manifest(ws / A.MANIFEST_NAME).status == "ok"
+    (ws / MANIFEST_NAME).symlink_to("out/m.json")
+    assert read_manifest(ws / MANIFEST_NAME).status == "ok"
 
 
 def test_manifest_dangling_symlink_is_missing(ws: Path) -> None:
-    (ws / A.MANIFEST_NAME).symlink_to("nowhere.json")
-    assert read_manifest(ws / A.MANIFEST_NAME).status == "missing"
+    (ws / MANIFEST_NAME).symlink_to("nowhere.json")
+    assert read_manifest(ws / MANIFEST_NAME).status == "missing"
 
 
 def test_relative_manifest_path(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_manifest(ws, json.dumps([art("text", content="x")]))
     monkeypatch.chdir(ws)
-    assert read_manifest(Path(A.MANIFEST_NAME)).status == "ok"
+    assert read_manifest(Path(MANIFEST_NAME)).status == "ok"
 
 
 def test_unreadable_manifest(ws: Path) -> None:
@@ -365,7 +366,7 @@ def test_unreadable_manifest(ws: Path) -> None:
 
 
 def test_fingerprint(ws: Path) -> None:
-    path = ws / A.MANIFEST_NAME
+    path = ws / MANIFEST_NAME
     assert manifest_fingerprint(path) is None
     write_manifest(ws, "[]")
     first = manifest_fingerprint(path)
@@ -384,8 +385,8 @@ def test_fingerprint(ws: Path) -> None:
 
 
 def test_fingerprint_of_fifo_does_not_open_it(ws: Path) -> None:
-    os.mkfifo(ws / A.MANIFEST_NAME)
-    assert manifest_fingerprint(ws / A.MANIFEST_NAME) is not None
+    os.mkfifo(ws / MANIFEST_NAME)
+    assert manifest_fingerprint(ws / MANIFEST_NAME) is not None
 
 
 # ---------------------------------------------------------------------------

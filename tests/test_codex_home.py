@@ -17,7 +17,7 @@ import pytest
 from supervisor import toml_write
 from supervisor.codex_home import prepare_codex_home, user_auth_path
 from supervisor.config import load_config
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 
 # --- toml_write -------------------------------------------------------------------
 

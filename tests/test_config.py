@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.config import SANDBOX_MODES, CodexConfig, load_config, sandbox_args
-from supervisor.errors import EXIT_USAGE, ConfigError
+from workers.common.errors import EXIT_USAGE, ConfigError
 
 is_root = os.geteuid() == 0
 

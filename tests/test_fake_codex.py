@@ -17,7 +17,7 @@ import pytest
 
 from tests.faultkit import alive, shape_pids, wait_until
 from workers.log_entries import codex_entry, encode_entry, thread_id_of, token_usage
-from workers.redact import Redactor
+from workers.common.redact import Redactor
 
 FAKE = Path(__file__).resolve().parents[1] / "tests" / "fake_codex"
 REPO = FAKE.parents[1]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
+from workers.common.redact import mask
 from supervisor.git_persist import (
     CREDENTIALS_NAME,
     DEFAULT_MAX_COMMIT_FILE_BYTES,
@@ -28,7 +29,6 @@ from supervisor.git_persist import (
     persist,
     plan_persistence,
     prepare_repo,
-    redact,
 )
 from tests.loopback import serving
 
@@ -542,8 +542,8 @@ def test_max_commit_file_bytes() -> None:
         max_commit_file_bytes({"FLYWHEEL_GIT_MAX_COMMIT_FILE_SIZE_BYTES": "-1"})
 
 
-def test_redact() -> None:
+def test_mask() -> None:
     text = f"fatal: https://x-access-token:{TOKEN}@github.com/a: auth {TOKEN} a%2Fb"
-    out = redact(text, [TOKEN, "a/b"])
+    out = mask(text, [TOKEN, "a/b"])
     assert TOKEN not in out and "a%2Fb" not in out
     assert out == "fatal: https://***@github.com/a: auth *** ***"

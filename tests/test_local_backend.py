@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 from supervisor.local_backend import KINDS, LocalBackend, serve
 
 try:

@@ -19,7 +19,7 @@ from workers.log_entries import (
     token_usage,
     too_large_placeholder,
 )
-from workers.redact import Redactor
+from workers.common.redact import Redactor
 
 NONE = Redactor()
 TOKEN = "run-token-5f2c9a"

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 from supervisor.local_backend import LocalBackend
 from supervisor.pool import states
 from supervisor.pool import status_view as sv

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import ConfigError, ProvisionError
+from workers.common.errors import ConfigError, ProvisionError
 from supervisor.provision import (
     CODEX_VERSION,
     CodexCommand,

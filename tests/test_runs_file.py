@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 from supervisor.pool.runs_file import RunSpec, parse_runs, permission_warning, read_runs
 
 DEFAULT = Path("/etc/flywheel/config.toml")

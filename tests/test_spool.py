@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from workers.spool import EntryLog, LineTail, OutboxReader, ShipperState, terminate_last_line
+from workers.common.spool import EntryLog, LineTail, OutboxReader, ShipperState, terminate_last_line
 
 
 def test_linetail_returns_only_complete_lines(tmp_path: Path) -> None:
@@ -90,9 +90,9 @@ def test_linetail_rewind_rereads_a_line(tmp_path: Path) -> None:
     assert [l.data for l in tail.read()] == [b"b"]
 
 
-def test_write_atomic_keeps_its_temporary_out_of_the_watched_folder(tmp_path: Path) -> None:
-    from workers.spool import write_atomic
+def test_write_private_keeps_its_temporary_out_of_the_watched_folder(tmp_path: Path) -> None:
+    from workers.common.files import write_private
 
-    write_atomic(tmp_path / "state.json", b"{}")
+    write_private(tmp_path / "state.json", b"{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp", "state.json"]
     assert (tmp_path / ".tmp").stat().st_mode & 0o777 == 0o700

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from supervisor.config import CodexConfig, load_config
-from supervisor.errors import EXIT_USAGE, ConfigError
+from workers.common.errors import EXIT_USAGE, ConfigError
+from workers.common.names import MANIFEST_NAME, PROMPT_NAME
 from supervisor.workspace import (
-    MANIFEST_NAME,
-    PROMPT_NAME,
     check_manifest_in_roots,
     prepare_state_dir,
     prepare_workspace,

@@ -15,15 +15,17 @@ from typing import Any
 
 import orjson
 
-from supervisor.backend_client import Backend
-from supervisor.settings import Timing
+from workers.common.backend_client import Backend
+from workers.common.timing import Timing
 from workers.artifacts import enrich, manifest_fingerprint, read_manifest
 from workers.file_watch import watch_files
-from workers.redact import Redactor
-from workers.runtime import Mailbox, WakePipe
-from workers.spool import EntryLog, write_atomic
+from workers.common.redact import Redactor
+from workers.common.wake import WakePipe
+from workers.runtime import Mailbox
+from workers.common.files import write_private
+from workers.common.names import MANIFEST_NAME
+from workers.common.spool import EntryLog
 
-MANIFEST_NAME = "flywheel_artifacts.json"
 POSTED_STATE = "artifacts.json"
 IDLE_WAIT = 5.0
 
@@ -108,7 +110,7 @@ class Watcher:
             if self.stopping:
                 break
             done.add(index)
-            write_atomic(posted_path, orjson.dumps({"job": job, "done": sorted(done)}))
+            write_private(posted_path, orjson.dumps({"job": job, "done": sorted(done)}))
         return posted, skipped
 
     def _sleep(self, seconds: float) -> bool:

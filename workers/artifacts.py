@@ -36,9 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 
-MANIFEST_NAME = "flywheel_artifacts.json"
 BLOB_THRESHOLD_ENV = "FLYWHEEL_ARTIFACT_BLOB_THRESHOLD_BYTES"
 DEFAULT_BLOB_THRESHOLD = 16 * 1024 * 1024
 DEFAULT_MANIFEST_MAX_BYTES = 64 * 1024 * 1024

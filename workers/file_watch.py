@@ -10,7 +10,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from workers.runtime import WakePipe
+from workers.common.wake import WakePipe
 
 
 class _Poke(FileSystemEventHandler):

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.backend_client import Backend
-from supervisor.settings import Timing
+from workers.common.backend_client import Backend
+from workers.common.timing import Timing
 from workers.runtime import Mailbox
-from workers.spool import ShipperState, utc_now
+from workers.common.spool import ShipperState, utc_now
 
 
 @dataclass(frozen=True)

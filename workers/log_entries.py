@@ -44,7 +44,7 @@ from typing import Any
 
 import orjson
 
-from workers.redact import Redactor
+from workers.common.redact import Redactor
 
 MESSAGE_MAX_CHARS = 4000
 TRUNCATED_SUFFIX = " [truncated]"

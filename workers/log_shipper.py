@@ -22,13 +22,14 @@ from typing import Any
 
 import orjson
 
-from supervisor.backend_client import Backend
-from supervisor.settings import Timing
+from workers.common.backend_client import Backend
+from workers.common.timing import Timing
 from workers.file_watch import watch_files
 from workers.log_entries import codex_entry, encode_entry, token_usage, too_large_placeholder
-from workers.redact import Redactor
-from workers.runtime import Mailbox, WakePipe
-from workers.spool import (
+from workers.common.redact import Redactor
+from workers.common.wake import WakePipe
+from workers.runtime import Mailbox
+from workers.common.spool import (
     BOOTSTRAP_LOG,
     CODEX_OUT,
     OUTBOX,

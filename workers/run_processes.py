@@ -32,6 +32,8 @@ from pathlib import Path
 
 import orjson
 
+from workers.common.files import write_private
+
 MARKER_VAR = "FLYWHEEL_RUN_MARKER"
 # "marker" forces the fallback (for tests, or a host whose cgroups misbehave).
 ENGINE_VAR = "FLYWHEEL_CONTAINMENT"
@@ -454,16 +456,10 @@ def _write(path: Path, text: str) -> bool:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_private(path, data)  # its temporary stays out of the watched state folder
     except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        pass
 
 
 def _remove_tree(cgroup: Path) -> None:

@@ -141,29 +141,3 @@ def run_worker(target: Callable[..., None], channels: Channels, log_path: Path, 
         sys.stderr.flush()
         os._exit(70)
     os._exit(0)
-
-
-class WakePipe:
-    """A self-pipe that a watchdog thread pokes to wake the worker's main loop."""
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-
-    def fileno(self) -> int:
-        return self.r
-
-    def poke(self) -> None:
-        try:
-            os.write(self.w, b"x")
-        except BlockingIOError:
-            pass  # already awake
-
-    def clear(self) -> bool:
-        """Empty the pipe; True if it had been poked since the last clear."""
-        poked = False
-        try:
-            while os.read(self.r, 4096):
-                poked = True
-        except BlockingIOError:
-            pass
-        return poked

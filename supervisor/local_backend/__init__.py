@@ -14,12 +14,12 @@ Two faces:
 It never logs request bodies or tokens; it logs nothing at all by default.
 
 The pieces, each importable from here:
-- `runs`: a run's description (RunSpec) and the shared vocabularies (KINDS, ...);
+- `runs`: a run's description (NewRun) and the shared vocabularies (KINDS, ...);
 - `faults`: the fault model and the pure per-request decision;
 - `store`: the SQLite database;
 - `handlers`: one handler per run API call;
 - `api`: which handler answers a request (run API, admin API, health);
-- `answers`: what a request gets back (an Answer, or a dropped connection);
+- `replies`: what a request gets back (a Reply, or a dropped connection);
 - `httpd`: the HTTP server and request handler;
 - `backend`: `LocalBackend`, the facade tests and the demo use;
 - `foreground`: `serve`, behind `flywheel-bootstrap serve`.
@@ -27,11 +27,11 @@ The pieces, each importable from here:
 
 from __future__ import annotations
 
-from supervisor.local_backend.answers import Answer
+from supervisor.local_backend.replies import Reply
 from supervisor.local_backend.api import route_runs
 from supervisor.local_backend.backend import DEFAULT_HOST, LocalBackend
 from supervisor.local_backend.faults import (
-    Decision,
+    FaultAction,
     FaultCounters,
     Faults,
     counters_after_set,
@@ -43,9 +43,9 @@ from supervisor.local_backend.runs import (
     KINDS,
     LEVELS,
     TERMINAL_STATES,
-    RunSpec,
+    NewRun,
     new_run_id,
-    run_spec_from_mapping,
+    new_run_from_mapping,
 )
 from supervisor.local_backend.foreground import (
     DEFAULT_PORT,
@@ -61,13 +61,13 @@ __all__ = [
     "KINDS",
     "LEVELS",
     "TERMINAL_STATES",
-    "Answer",
+    "Reply",
     "BadRequest",
-    "Decision",
+    "FaultAction",
     "FaultCounters",
     "Faults",
     "LocalBackend",
-    "RunSpec",
+    "NewRun",
     "bootstrap_payload",
     "counters_after_set",
     "decide",
@@ -77,7 +77,7 @@ __all__ = [
     "new_run_id",
     "public_run",
     "route_runs",
-    "run_spec_from_mapping",
+    "new_run_from_mapping",
     "serve",
     "serve_instructions",
 ]

@@ -12,10 +12,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from supervisor.local_backend.answers import DROP, Answer, Drop, error
+from supervisor.local_backend.replies import DROP, Reply, Drop, error
 from supervisor.local_backend.faults import FaultState
 from supervisor.local_backend.handlers import HANDLERS, BadRequest, parse_object
-from supervisor.local_backend.runs import run_spec_from_mapping
+from supervisor.local_backend.runs import new_run_from_mapping
 from supervisor.local_backend.store import Store
 
 # (method, path after /runs/{id}/) -> kind
@@ -31,7 +31,7 @@ _ROUTES: Mapping[tuple[str, str], str] = {
 }
 
 
-def route_runs(method: str, path: str) -> tuple[str, str] | Answer:
+def route_runs(method: str, path: str) -> tuple[str, str] | Reply:
     """(run_id, kind) for a /runs path, or the 404/405 answer."""
     parts = path.split("/", 3)  # ['', 'runs', id, rest]
     if len(parts) < 4 or not parts[2]:
@@ -53,14 +53,14 @@ def answer(
     path: str,
     token: str | None,
     body: bytes,
-) -> Answer | Drop:
+) -> Reply | Drop:
     """The answer to one request (path without its query string)."""
     if path.startswith("/runs/"):
         return answer_run(store, faults, stopping, method, path, token, body)
     if path.startswith("/admin/"):
         return answer_admin(store, faults, method, path, body)
     if path in ("/", "/health") and method == "GET":
-        return Answer(200, {"ok": True, "service": "flywheel local backend"})
+        return Reply(200, {"ok": True, "service": "flywheel local backend"})
     return error(404, "no such endpoint")
 
 
@@ -72,9 +72,9 @@ def answer_run(
     path: str,
     token: str | None,
     body: bytes,
-) -> Answer | Drop:
+) -> Reply | Drop:
     routed = route_runs(method, path)
-    if isinstance(routed, Answer):
+    if isinstance(routed, Reply):
         return routed
     run_id, kind = routed
     decision = faults.decide(path=path, run_id=run_id, kind=kind, body_bytes=len(body))
@@ -85,10 +85,10 @@ def answer_run(
         return DROP
     if decision.status is not None:
         store.count_request(run_id, kind)
-        return Answer(decision.status, decision.body or {})
+        return Reply(decision.status, decision.body or {})
     handler = HANDLERS[kind]
 
-    def handle(conn: sqlite3.Connection, row: sqlite3.Row) -> Answer:
+    def handle(conn: sqlite3.Connection, row: sqlite3.Row) -> Reply:
         return handler(conn, row, body)
 
     try:
@@ -100,39 +100,39 @@ def answer_run(
     return DROP if decision.drop else result
 
 
-def answer_admin(store: Store, faults: FaultState, method: str, path: str, body: bytes) -> Answer:
+def answer_admin(store: Store, faults: FaultState, method: str, path: str, body: bytes) -> Reply:
     path = path.rstrip("/")
     if path == "/admin/runs":
         if method == "GET":
-            return Answer(200, {"runs": store.runs()})
+            return Reply(200, {"runs": store.runs()})
         if method == "POST":
             try:
-                spec = run_spec_from_mapping(parse_object(body))
+                spec = new_run_from_mapping(parse_object(body))
                 run_id, token = store.create_run(spec)
             except (BadRequest, ValueError) as exc:
                 return error(400, str(exc))
-            return Answer(200, {"run_id": run_id, "token": token})
+            return Reply(200, {"run_id": run_id, "token": token})
         return error(405, f"{method} not allowed here")
     if path.startswith("/admin/runs/"):
         if method != "GET":
             return error(405, f"{method} not allowed here")
         run_id = path[len("/admin/runs/") :]
         try:
-            return Answer(200, run_details(store, run_id))
+            return Reply(200, run_details(store, run_id))
         except KeyError:
             return error(404, "unknown run")
     if path == "/admin/faults":
         if method == "GET":
-            return Answer(200, faults.snapshot())
+            return Reply(200, faults.snapshot())
         if method == "POST":
             try:
                 faults.set(parse_object(body))
             except (BadRequest, ValueError) as exc:
                 return error(400, str(exc))
-            return Answer(200, faults.snapshot())
+            return Reply(200, faults.snapshot())
         if method == "DELETE":
             faults.clear()
-            return Answer(200, faults.snapshot())
+            return Reply(200, faults.snapshot())
         return error(405, f"{method} not allowed here")
     return error(404, "no such endpoint")
 

@@ -11,16 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 from supervisor.local_backend import api
-from supervisor.local_backend.answers import Answer, Drop
+from supervisor.local_backend.replies import Reply, Drop
 from supervisor.local_backend.faults import FaultState
 from supervisor.local_backend.httpd import Server, Server6, Service, display_host
 from supervisor.local_backend.runs import (
     TERMINAL_STATES,
-    RunSpec,
+    NewRun,
     dedupe_entries,
-    run_spec_from_mapping,
+    new_run_from_mapping,
 )
 from supervisor.local_backend.store import Store
 
@@ -147,10 +147,10 @@ class LocalBackend:
         Extras: repo_context, github_token, wandb_api_key, hf_token, log_batch,
         and run_id/token to choose them instead of generating them.
         """
-        unknown = sorted(set(payload_extras) - set(RunSpec.__dataclass_fields__))
+        unknown = sorted(set(payload_extras) - set(NewRun.__dataclass_fields__))
         if unknown:
             raise TypeError(f"create_run() got unexpected keyword argument(s) {unknown}")
-        return self._store.create_run(run_spec_from_mapping({"prompt": prompt, **payload_extras}))
+        return self._store.create_run(new_run_from_mapping({"prompt": prompt, **payload_extras}))
 
     def set_faults(self, **faults: Any) -> None:
         """Set (merge) faults; the counters of the given ones restart. See Faults."""
@@ -222,5 +222,5 @@ class LocalBackend:
 
     # -- request handling (called from handler threads)
 
-    def _answer(self, method: str, path: str, token: str | None, body: bytes) -> Answer | Drop:
+    def _answer(self, method: str, path: str, token: str | None, body: bytes) -> Reply | Drop:
         return api.answer(self._store, self._faults, self._stopping, method, path, token, body)

@@ -57,7 +57,7 @@ class FaultCounters:
 
 
 @dataclass(frozen=True)
-class Decision:
+class FaultAction:
     """What the fault layer does to one request."""
 
     delay_s: float = 0.0
@@ -159,7 +159,7 @@ def decide(
     kind: str,
     body_bytes: int,
     now: float,
-) -> tuple[Decision, FaultCounters]:
+) -> tuple[FaultAction, FaultCounters]:
     """The fault decision for one /runs request, and the counters after it.
 
     Order: drop, then the injected status, then the body limit, then the
@@ -167,26 +167,26 @@ def decide(
     """
     override = dict(faults.bootstrap_status).get(run_id) if kind == "bootstrap" else None
     override_decision = (
-        Decision(status=override, body={"error": f"injected bootstrap answer: HTTP {override}"})
+        FaultAction(status=override, body={"error": f"injected bootstrap answer: HTTP {override}"})
         if override is not None
-        else Decision()
+        else FaultAction()
     )
     if not _fault_applies(faults, path, run_id):
         return override_decision, counters
     delay = faults.delay_ms / 1000.0
     if counters.drops_left > 0:
-        decision = Decision(
+        decision = FaultAction(
             delay_s=delay, drop=True, drop_after_handling=faults.drop_after_handling
         )
         return decision, replace(counters, drops_left=counters.drops_left - 1)
     if _status_active(faults, counters, now):
         left = None if counters.status_left is None else counters.status_left - 1
         body = {"error": f"injected fault: HTTP {faults.status}"}
-        return Decision(delay, status=faults.status, body=body), replace(counters, status_left=left)
+        return FaultAction(delay, status=faults.status, body=body), replace(counters, status_left=left)
     limit = faults.max_body_bytes
     if limit is not None and kind in _BODY_LIMITED_KINDS and body_bytes > limit:
         body = {"error": "payload too large", "limit_bytes": limit, "body_bytes": body_bytes}
-        return Decision(delay, status=413, body=body), counters
+        return FaultAction(delay, status=413, body=body), counters
     return replace(override_decision, delay_s=delay), counters
 
 
@@ -229,7 +229,7 @@ class FaultState:
                 },
             }
 
-    def decide(self, *, path: str, run_id: str, kind: str, body_bytes: int) -> Decision:
+    def decide(self, *, path: str, run_id: str, kind: str, body_bytes: int) -> FaultAction:
         with self._lock:
             decision, self._counters = decide(
                 self._faults,

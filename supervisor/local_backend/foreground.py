@@ -11,7 +11,7 @@ from types import FrameType
 from typing import Any
 
 from supervisor.local_backend.backend import DEFAULT_HOST, LocalBackend
-from supervisor.settings import flywheel_home
+from workers.common.files import flywheel_home
 
 DEFAULT_PORT = 8000
 

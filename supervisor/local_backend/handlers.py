@@ -1,7 +1,7 @@
 """The run API's calls (SPEC section 6), one handler each: validate the body and
 write it, inside the transaction the store opened for the request.
 
-Each handler takes (conn, run row, raw body) and returns the Answer; a body the
+Each handler takes (conn, run row, raw body) and returns the Reply; a body the
 backend refuses raises BadRequest (answered 400, the transaction rolled back).
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from supervisor.local_backend.answers import OK, Answer, error
+from supervisor.local_backend.replies import OK, Reply, error
 from supervisor.local_backend.runs import LEVELS, SECRET_KEYS, TERMINAL_STATES, now_iso
 
-Handler = Callable[[sqlite3.Connection, sqlite3.Row, bytes], Answer]
+Handler = Callable[[sqlite3.Connection, sqlite3.Row, bytes], Reply]
 
 _ENTRY_SQL = (
     "INSERT INTO entries (run_id, seq, level, message, extra, created_at, received_at) "
@@ -87,7 +87,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return parsed
 
 
-def _do_bootstrap(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Answer:
+def _do_bootstrap(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Reply:
     if row["state"] in TERMINAL_STATES:
         return error(409, f"run already {row['state']}")
     if row["state"] == "created":
@@ -95,10 +95,10 @@ def _do_bootstrap(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> An
             "UPDATE runs SET state = 'claimed', claimed_at = ? WHERE id = ?",
             (now_iso(), row["id"]),
         )
-    return Answer(200, {"payload": bootstrap_payload(row)})
+    return Reply(200, {"payload": bootstrap_payload(row)})
 
 
-def _do_heartbeat(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Answer:
+def _do_heartbeat(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Reply:
     data = parse_object(body)
     _require_str(data, "observed_at", "summary")
     now = now_iso()
@@ -110,22 +110,22 @@ def _do_heartbeat(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> An
     return OK
 
 
-def _do_logs(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Answer:
+def _do_logs(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Reply:
     conn.execute(_ENTRY_SQL, entry_row(row["id"], parse_object(body), now_iso()))
-    return Answer(200, {"ok": True, "accepted": 1}, entries_added=1)
+    return Reply(200, {"ok": True, "accepted": 1}, entries_added=1)
 
 
-def _do_batch(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Answer:
+def _do_batch(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Reply:
     entries = parse_object(body).get("entries")
     if not isinstance(entries, list):
         raise BadRequest("'entries' is required and must be a list")
     now = now_iso()
     rows = [entry_row(row["id"], entry, now) for entry in entries]
     conn.executemany(_ENTRY_SQL, rows)
-    return Answer(200, {"ok": True, "accepted": len(rows)}, entries_added=len(rows))
+    return Reply(200, {"ok": True, "accepted": len(rows)}, entries_added=len(rows))
 
 
-def _do_artifacts(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Answer:
+def _do_artifacts(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Reply:
     data = parse_object(body)
     _require_str(data, "artifact_type")
     if not isinstance(data.get("payload"), dict):
@@ -138,7 +138,7 @@ def _do_artifacts(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> An
 
 
 def _terminal(kind: str) -> Handler:
-    def handle(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Answer:
+    def handle(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Reply:
         data = parse_object(body)
         _require_str(data, "summary", *(("reason",) if kind == "error" else ()))
         now = now_iso()
@@ -154,16 +154,16 @@ def _terminal(kind: str) -> Handler:
                 "UPDATE runs SET state = ?, summary = ?, reason = ?, finished_at = ? WHERE id = ?",
                 (kind, data["summary"], reason, now, row["id"]),
             )
-            return Answer(200, {"ok": True, "state": kind})
-        return Answer(200, {"ok": True, "state": row["state"]})
+            return Reply(200, {"ok": True, "state": kind})
+        return Reply(200, {"ok": True, "state": row["state"]})
 
     return handle
 
 
-def _do_github_token(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Answer:
+def _do_github_token(conn: sqlite3.Connection, row: sqlite3.Row, body: bytes) -> Reply:
     if row["github_token"] is None:
         return error(404, "run has no github token")
-    return Answer(200, {"token": row["github_token"]})
+    return Reply(200, {"token": row["github_token"]})
 
 
 HANDLERS: Mapping[str, Handler] = {

@@ -1,6 +1,6 @@
 """The local backend's HTTP layer: a threading server that tracks its
 connections (so `stop()` can cut kept-alive ones), and a quiet HTTP/1.1 request
-handler that reads the body and sends the Answer the service gives it."""
+handler that reads the body and sends the Reply the service gives it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from supervisor.local_backend.answers import Answer, Drop, error
+from supervisor.local_backend.replies import Reply, Drop, error
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Service:
     """What the HTTP layer needs from the backend behind it."""
 
     # (method, path without query, X-Run-Token, body) -> the answer
-    answer: Callable[[str, str, str | None, bytes], Answer | Drop]
+    answer: Callable[[str, str, str | None, bytes], Reply | Drop]
     # True once the backend is stopping (requests may then fail on a closed database).
     stopping: Callable[[], bool]
     # Keeps the traceback of an internal error for the tests to see.
@@ -141,7 +141,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send(answer)
 
-    def _send(self, answer: Answer) -> None:
+    def _send(self, answer: Reply) -> None:
         data = orjson.dumps(answer.body)
         self.send_response(answer.status)
         self.send_header("Content-Type", "application/json")

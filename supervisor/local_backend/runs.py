@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+
 TERMINAL_STATES = frozenset({"complete", "error"})
 LEVELS = frozenset({"info", "warning", "error"})
 # Request kinds, as counted per run (and as keys of `request_counts`).
@@ -24,7 +25,6 @@ KINDS = (
     "github_token",
 )
 SECRET_KEYS = ("github_token", "wandb_api_key", "hf_token")
-MASK = "***"
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -33,7 +33,7 @@ def now_iso() -> str:
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class NewRun:
     """What a new run is created with (admin API body / `create_run` arguments)."""
 
     prompt: str
@@ -46,9 +46,9 @@ class RunSpec:
     log_batch: bool | None = None
 
 
-def run_spec_from_mapping(raw: Mapping[str, Any]) -> RunSpec:
+def new_run_from_mapping(raw: Mapping[str, Any]) -> NewRun:
     """Validate a run description; ValueError names the bad key."""
-    known = set(RunSpec.__dataclass_fields__)
+    known = set(NewRun.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(known)}")
@@ -68,7 +68,7 @@ def run_spec_from_mapping(raw: Mapping[str, Any]) -> RunSpec:
     log_batch = raw.get("log_batch")
     if log_batch is not None and not isinstance(log_batch, bool):
         raise ValueError("'log_batch' must be true or false")
-    return RunSpec(
+    return NewRun(
         prompt=prompt,
         run_id=run_id,
         token=raw.get("token"),

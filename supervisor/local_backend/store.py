@@ -13,9 +13,10 @@ from typing import Any
 
 import orjson
 
-from supervisor.errors import ConfigError
-from supervisor.local_backend.answers import Answer, error
-from supervisor.local_backend.runs import KINDS, MASK, SECRET_KEYS, RunSpec, new_run_id, now_iso
+from workers.common.errors import ConfigError
+from supervisor.local_backend.replies import Reply, error
+from supervisor.local_backend.runs import KINDS, SECRET_KEYS, NewRun, new_run_id, now_iso
+from workers.common.redact import MASK
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -133,7 +134,7 @@ class Store:
 
     # -- writes
 
-    def create_run(self, spec: RunSpec) -> tuple[str, str]:
+    def create_run(self, spec: NewRun) -> tuple[str, str]:
         token = spec.token or secrets.token_urlsafe(24)
         with self.changed:
             run_id = spec.run_id or new_run_id()
@@ -171,8 +172,8 @@ class Store:
         run_id: str,
         kind: str,
         token: str | None,
-        handle: Callable[[sqlite3.Connection, sqlite3.Row], Answer],
-    ) -> Answer:
+        handle: Callable[[sqlite3.Connection, sqlite3.Row], Reply],
+    ) -> Reply:
         """Check the run and its token, count the request and handle it, all in
         one transaction (one fsync-free commit per request keeps it fast)."""
         with self.changed:

@@ -18,12 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import orjson
+
+from workers.common.redact import Redactor
+from workers.common.spool import ShipperState
 
 from workers.run_processes import RunProcesses
 
 OUTPUT_LOG = "pool-output.log"
-SHIPPER_STATE = "shipper.json"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -111,11 +112,8 @@ def exited_unreaped(pid: int) -> bool:
 def read_delivered(state_dir: Path) -> int | None:
     """Entries shipped so far, from the run's shipper state file; None if unknown
     (not written yet, or caught half-written)."""
-    try:
-        value = orjson.loads((state_dir / SHIPPER_STATE).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    delivered = value.get("delivered") if isinstance(value, dict) else None
+    state = ShipperState.read(state_dir)
+    delivered = state.delivered if state is not None else None
     if isinstance(delivered, int) and not isinstance(delivered, bool) and delivered >= 0:
         return delivered
     return None
@@ -135,5 +133,5 @@ def last_output_line(path: Path, secret: str) -> str:
     for line in reversed(tail.splitlines()):
         line = line.strip()
         if line and not line.startswith("--- pool"):
-            return line.replace(secret, "***") if secret else line
+            return Redactor.of(secret).text(line)
     return ""

@@ -9,10 +9,10 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from supervisor.pool import states
-from supervisor.errors import (
+from supervisor.signals import signal_name
+from workers.common.errors import (
     EXIT_BACKEND,
     EXIT_OK,
     EXIT_PROVISION,
@@ -24,7 +24,6 @@ from supervisor.errors import (
 )
 from supervisor.pool.gpus import GpuAllocator
 from supervisor.pool.runs_file import RunSpec
-from supervisor.settings import Timing
 
 # When several runs fail differently, the pool exits with the status the operator
 # should act on first: a bad config or usage (fix it and rerun), then Codex that
@@ -47,13 +46,6 @@ class Outcome:
     # Set when the supervisor could not report the run itself: the reason the
     # pool posts with `error`.
     post_reason: str | None = None
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def classify_exit(returncode: int, *, cancelling: bool) -> Outcome:
@@ -218,23 +210,3 @@ def child_env(
             # first: on a mixed host the same index would be another GPU.
             env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     return env
-
-
-def timing_of(env: Mapping[str, str]) -> Timing:
-    """Timing.from_env, read from the pool's env (which may not be os.environ)."""
-    values: dict[str, float | int] = {}
-    for name in Timing.__dataclass_fields__:
-        variable = f"FLYWHEEL_TIMING_{name.upper()}"
-        raw = env.get(variable)
-        if not raw:
-            continue
-        try:
-            values[name] = int(raw) if name in ("fetch_tries", "max_restarts") else float(raw)
-        except ValueError:
-            raise ConfigError(f"{variable}={raw!r} is not a number; fix or unset it") from None
-    return Timing(**values)  # type: ignore[arg-type]
-
-
-def flywheel_home_of(env: Mapping[str, str]) -> Path:
-    return Path(env.get("FLYWHEEL_HOME") or "~/.flywheel").expanduser()
-

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from supervisor.pool import states
 from supervisor.pool import status_view as sv
-from supervisor.errors import EXIT_OK, EXIT_RUN_ERROR
+from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR
 from supervisor.pool.gpus import GpuAllocator
 from supervisor.pool.children import (
     OUTPUT_LOG,
@@ -41,11 +41,12 @@ from supervisor.pool.decisions import (
     classify_exit,
     next_starts,
     pool_exit_status,
-    signal_name,
 )
 from supervisor.pool.report import post_error, post_note
 from supervisor.pool.runs_file import RunSpec
-from supervisor.settings import Timing
+from supervisor.signals import signal_name
+from workers.common.timing import Timing
+from workers.common.wake import WakePipe
 from workers.run_processes import signal_group
 
 View = sv.LiveView | sv.PlainView
@@ -114,9 +115,9 @@ class Wakeup:
     `signals` for the loop to act on; a handler does nothing else."""
 
     def __init__(self) -> None:
-        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe = WakePipe()
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._read_fd, selectors.EVENT_READ)
+        self._selector.register(self._pipe.fileno(), selectors.EVENT_READ)
         self.signals: list[int] = []
         # Python lets only the main thread set signal handlers.
         self._in_main = threading.current_thread() is threading.main_thread()
@@ -130,25 +131,18 @@ class Wakeup:
             self._saved[signum] = signal.signal(signum, self._on_signal)
         # SIGCHLD only needs to wake the loop (through the wakeup fd).
         self._saved[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
-        self._saved_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._saved_wakeup = signal.set_wakeup_fd(self._pipe.w, warn_on_full_buffer=False)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signals.append(signum)
 
     def wake(self) -> None:
-        try:
-            os.write(self._write_fd, b"\0")
-        except OSError:
-            pass  # pipe full: the loop is awake anyway
+        self._pipe.poke()
 
     def wait(self, timeout: float) -> None:
         """Sleep until woken or `timeout` seconds have passed."""
-        for key, _ in self._selector.select(timeout=timeout):
-            try:
-                while os.read(key.fd, 512):
-                    pass
-            except BlockingIOError:
-                pass
+        if self._selector.select(timeout=timeout):
+            self._pipe.clear()
 
     def close(self) -> None:
         """Put the previous signal handlers back and close the pipe."""
@@ -157,8 +151,7 @@ class Wakeup:
             for signum, handler in self._saved.items():
                 signal.signal(signum, handler)  # type: ignore[arg-type]
         self._selector.close()
-        os.close(self._read_fd)
-        os.close(self._write_fd)
+        self._pipe.close()
 
 
 class Pool:

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import click
 
-from supervisor.errors import EXIT_SIGINT, ConfigError
+from workers.common.errors import EXIT_SIGINT, ConfigError
 from supervisor.pool import gpus as gpu_discovery
 from supervisor.pool import status_view as sv
 from supervisor.pool.decisions import (
     ChildArgv,
-    flywheel_home_of,
     plan_gpus,
     supervisor_argv,
-    timing_of,
 )
 from supervisor.pool.loop import Pool, PoolSettings, View
 from supervisor.pool.runs_file import RunSpec, read_runs
+from workers.common.files import flywheel_home
+from workers.common.timing import Timing
 from workers.run_processes import containment_in_force, sweep_left_processes
 
 
@@ -70,7 +70,7 @@ def prepare_shared(
     base = dict(env)
     codex = find_codex(
         env,
-        flywheel_home_of(env),
+        flywheel_home(env),
         mock=bool(env.get("BOOTSTRAP_MOCK_CODEX")),
         echo_progress=terminal_progress() if is_tty else None,
     )
@@ -133,7 +133,7 @@ def run_pool(
     wants_gpus = gpus_per_run is not None or any(spec.gpus is not None for spec in specs)
     host = gpu_discovery.discover(env) if wants_gpus else ()
     plan = plan_gpus(specs, gpus_per_run, host, gpu_discovery.source_of(env))
-    timing = timing_of(env)
+    timing = Timing.from_env(env)
     try:
         base_env = prepare_shared(specs, env, echo, is_tty=is_tty)
     except KeyboardInterrupt:
@@ -157,7 +157,7 @@ def run_pool(
         cancel_grace=cancel_grace,
         tick=0.25 if is_tty else 1.0,
     )
-    state_root = flywheel_home_of(env) / "state"
+    state_root = flywheel_home(env) / "state"
     sweep_left_processes(state_root, echo)
     echo(containment_in_force(env))
     view = _open_view(echo, is_tty=is_tty)

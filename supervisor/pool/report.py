@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-from supervisor.errors import BootstrapError
+from workers.common.errors import BootstrapError
 from supervisor.pool.runs_file import RunSpec
-from supervisor.settings import Timing
+from workers.common.timing import Timing
 
 # How long the pool keeps retrying the `error` report of a killed supervisor.
 _POST_TRIES = 4
@@ -21,7 +21,7 @@ def post_error(
     spec: RunSpec, reason: str, timing: Timing, abandon: threading.Event, forced: bool
 ) -> str:
     """Report a run its supervisor could not report; returns a note for the summary."""
-    from supervisor.backend_client import Backend
+    from workers.common.backend_client import Backend
 
     # Shorter than a run's own timeouts: the pool's exit waits for these reports.
     connect, read = _FORCED_POST_TIMEOUT if forced else _POST_TIMEOUT

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from supervisor.config import read_text_file
-from supervisor.errors import ConfigError
+from workers.common.errors import ConfigError
 
 KEYS = ("run_id", "token", "config", "server", "gpus")
 _OPTION_KEYS = frozenset({"config", "server", "gpus"})

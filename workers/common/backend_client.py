@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import orjson
 import requests
 
-from supervisor.backoff import backoff_delay
-from supervisor.errors import BackendUnavailable, ConfigError
-from supervisor.settings import Timing
+from workers.common.backoff import backoff_delay
+from workers.common.errors import BackendUnavailable, ConfigError
+from workers.common.timing import Timing
 
 RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from workers.common.files import open_private, write_private
+
 CODEX_OUT = "codex.out"
 CODEX_ERR = "codex.err"
 BOOTSTRAP_LOG = "bootstrap.jsonl"
@@ -40,25 +42,6 @@ READ_CHUNK = 1024 * 1024
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def open_private(path: Path, flags: int) -> int:
-    return os.open(path, flags | os.O_CLOEXEC, 0o600)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    # The temporary file lives in a subfolder: the workers watch the state folder
-    # with watchdog, which holds back a rename *within* a watched folder for half
-    # a second (to pair its two halves) and delays every later event with it.
-    tmp_dir = path.parent / ".tmp"
-    tmp_dir.mkdir(mode=0o700, exist_ok=True)
-    tmp = tmp_dir / path.name
-    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 class EntryLog:
@@ -214,16 +197,22 @@ class ShipperState:
     output_tokens: int = 0
 
     @classmethod
-    def load(cls, state_dir: Path) -> "ShipperState":
+    def read(cls, state_dir: Path) -> "ShipperState | None":
+        """The committed state; None if there is none yet (or it cannot be read)."""
         try:
             raw = orjson.loads((state_dir / SHIPPER_STATE).read_bytes())
             known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
             return cls(**known)
-        except (FileNotFoundError, orjson.JSONDecodeError, TypeError):
-            return cls()
+        except (OSError, orjson.JSONDecodeError, TypeError):
+            return None
+
+    @classmethod
+    def load(cls, state_dir: Path) -> "ShipperState":
+        """The committed state, or a fresh start."""
+        return cls.read(state_dir) or cls()
 
     def save(self, state_dir: Path) -> None:
-        write_atomic(state_dir / SHIPPER_STATE, orjson.dumps(asdict(self)))
+        write_private(state_dir / SHIPPER_STATE, orjson.dumps(asdict(self)))
 
     def evolve(self, **changes: Any) -> "ShipperState":
         return replace(self, **changes)

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 MASK = "***"
 # Shorter "secrets" would mask ordinary words all over the log and are not
@@ -155,3 +156,21 @@ class Redactor:
             return [self._value(v) for v in obj]
         return obj
 
+
+
+# The user:password part of a URL ("https://user:token@host/…"): everything
+# between "://" and the last "@" before the host's end.
+_URL_USERINFO = re.compile(r"(://)[^/\s]*@")
+
+
+def mask_url_userinfo(text: str) -> str:
+    """`text` with the userinfo of every URL in it replaced by `***`."""
+    return _URL_USERINFO.sub(r"\1" + MASK + "@", text)
+
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret (and its URL-quoted form, as it appears in a
+    URL) and every URL's userinfo replaced by `***`; for one-off messages, where
+    building a Redactor once per run would not pay."""
+    variants = {v for s in secrets if s for v in (s, quote(s, safe=""))}
+    return mask_url_userinfo(Redactor(tuple(variants)).text(text))

@@ -9,7 +9,7 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Answer:
+class Reply:
     """An HTTP answer: status and JSON body."""
 
     status: int
@@ -18,15 +18,15 @@ class Answer:
     entries_added: int = 0
 
 
-def error(status: int, message: str) -> Answer:
-    return Answer(status, {"error": message})
+def error(status: int, message: str) -> Reply:
+    return Reply(status, {"error": message})
 
 
-OK = Answer(200, {"ok": True})
+OK = Reply(200, {"ok": True})
 
 
 class Drop:
-    """Answer marker: close the connection without answering."""
+    """Reply marker: close the connection without answering."""
 
 
 DROP = Drop()
