@@ -29,6 +29,10 @@ class Decision:
     post_artifacts: bool
     reason: str = ""
     warning: str | None = None
+    # Codex was killed by a signal bootstrap did not send. When bootstrap is
+    # interrupted too, the same hand signalled both (scancel and systemctl stop
+    # signal every process of the job at once): the run was cancelled.
+    codex_signalled: bool = False
 
 
 def decide(
@@ -47,7 +51,8 @@ def decide(
     if end.timed_out_after is not None:
         return Decision(Action.ERROR, True, f"codex timed out after {end.timed_out_after:g} s")
     if end.returncode < 0:
-        return Decision(Action.ERROR, True, f"codex killed by signal {signal_name(-end.returncode)}")
+        return Decision(Action.ERROR, True, f"codex killed by signal {signal_name(-end.returncode)}",
+                        codex_signalled=True)
     if end.returncode != 0:
         reason = f"codex exit code {end.returncode}"
         if stderr_tail.strip():

@@ -380,7 +380,7 @@ class RunSupervisor:
         s = self.prep.settings
         self._close_processes()
         cancelled = bool(self.interrupts.received)
-        if cancelled and decision.action is not Action.ERROR:
+        if cancelled and (decision.action is not Action.ERROR or decision.codex_signalled):
             decision = self._cancelled()
         if decision.action is Action.ERROR:
             self.log.write("error", f"run failed: {decision.reason}", "error")

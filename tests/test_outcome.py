@@ -46,6 +46,9 @@ def test_nonzero_exit_is_error_with_code_and_stderr_tail() -> None:
 def test_killed_by_signal_names_the_signal() -> None:
     d = decide(CodexEnd(-signal.SIGKILL), has_artifacts=False, resumed=False, thread_id_known=True)
     assert d.action is Action.ERROR and "SIGKILL" in d.reason
+    # The supervisor turns it into a cancel when it was interrupted too (scancel).
+    assert d.codex_signalled
+    assert not decide(CodexEnd(2), has_artifacts=False, resumed=False, thread_id_known=True).codex_signalled
 
 
 def test_timeout_is_error_naming_the_limit() -> None:
