@@ -721,7 +721,9 @@ def codex_starts(log: Path) -> list[dict[str, Any]]:
     """`codex exec` invocations the fake codex logged (not `codex login status`)."""
     if not log.exists():
         return []
-    seen = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    # Only whole lines: a fake codex may be writing its line right now.
+    complete = log.read_text().rpartition("\n")[0]
+    seen = [json.loads(line) for line in complete.splitlines() if line.strip()]
     return [record for record in seen if record["argv"][:1] == ["exec"]]
 
 
