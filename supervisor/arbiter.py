@@ -23,6 +23,7 @@ from multiprocess.connection import wait as wait_ready  # type: ignore[import-un
 from supervisor.signals import describe_exit
 from workers.common.timing import Timing
 from workers.run_processes import RunProcesses
+from workers.messages import Command, Event, Stop
 from workers.runtime import Channels, run_worker
 from workers.common.files import write_private
 
@@ -52,7 +53,7 @@ class _Slot:
     started_at: float = 0.0
     quick_deaths: int = 0
     restart_at: float | None = None
-    sticky: list[tuple[Any, ...]] = field(default_factory=list)
+    sticky: list[Command] = field(default_factory=list)
     last_exit: str = ""
     gave_up: bool = False
 
@@ -113,7 +114,7 @@ class Arbiter:
         pids = {name: s.process.pid for name, s in self.slots.items() if s.process is not None}
         write_private(self.state_dir / "workers.json", orjson.dumps({"supervisor": os.getpid(), **pids}))
 
-    def send(self, name: str, *message: Any, sticky: bool = False) -> None:
+    def send(self, name: str, message: Command, sticky: bool = False) -> None:
         slot = self.slots[name]
         if sticky:
             slot.sticky.append(message)
@@ -130,7 +131,7 @@ class Arbiter:
             slot.sticky.clear()
             slot.restart_at = None
             if slot.process is not None and slot.process.exitcode is None and slot.channels is not None:
-                slot.channels.commands.put(("stop",))
+                slot.channels.commands.put(Stop())
         deadline = time.monotonic() + timeout
         for slot in chosen:
             if slot.process is None:
@@ -144,7 +145,7 @@ class Arbiter:
 
     # -- supervision -----------------------------------------------------------
 
-    def poll(self, timeout: float, extra: Iterable[Any] = ()) -> list[tuple[str, tuple[Any, ...]]]:
+    def poll(self, timeout: float, extra: Iterable[Any] = ()) -> list[tuple[str, Event]]:
         """Wait up to `timeout` for worker events, deaths or one of `extra`
         becoming readable; then reap, restart and check liveness. Returns the
         events that arrived as (worker name, message)."""
@@ -165,8 +166,8 @@ class Arbiter:
             self._next_liveness_check = time.monotonic() + LIVENESS_CHECK_EVERY
         return events
 
-    def _collect(self) -> list[tuple[str, tuple[Any, ...]]]:
-        events = []
+    def _collect(self) -> list[tuple[str, Event]]:
+        events: list[tuple[str, Event]] = []
         for name, slot in self.slots.items():
             channels = slot.channels
             if channels is None or slot.restart_at is not None:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import multiprocess  # type: ignore[import-untyped]
 import orjson
@@ -31,10 +31,13 @@ from supervisor.signals import Interrupts
 from workers import artifact_watcher, heartbeat, log_shipper
 from workers.artifacts import artifact_files, read_manifest
 from workers.log_entries import thread_id_of
+from workers.messages import ArtifactsPosted, Drain, Drained, Event, Phase, PostArtifacts, unexpected
 from workers.common.names import MANIFEST_NAME, PROMPT_NAME
 from workers.common.redact import Redactor
 from workers.common.spool import BOOTSTRAP_LOG, CODEX_ERR, CODEX_OUT, EntryLog, LineTail, terminate_last_line
 from workers.run_processes import RunProcesses, Usage, open_run
+
+AnswerT = TypeVar("AnswerT", ArtifactsPosted, Drained)
 
 SHIPPER, HEARTBEAT, WATCHER = "log-shipper", "heartbeat", "artifact-watcher"
 
@@ -129,6 +132,8 @@ class RunSupervisor:
         self.env = codex_env(prep, payload)
         self.repo: git_persist.RepoContext | None = None
         self.posted = 0
+        # Worker answers not yet taken by `wait_for`, by (type, job).
+        self.answers: dict[tuple[type[Event], str], Event] = {}
 
     # -- workers ---------------------------------------------------------------
 
@@ -146,27 +151,39 @@ class RunSupervisor:
                 timing=self.timing),)),
         ]
 
-    def _poll(self, timeout: float, *extra: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    def _poll(self, timeout: float, *extra: Any) -> None:
         """Supervise the workers for up to `timeout`, waking early for a signal
-        or for one of `extra` (Codex's pidfd)."""
-        events = self.arbiter.poll(timeout, [self.interrupts, *extra])
+        or for one of `extra` (Codex's pidfd); every event that arrived goes to
+        `_on_event`."""
+        for worker, event in self.arbiter.poll(timeout, [self.interrupts, *extra]):
+            self._on_event(worker, event)
         self.interrupts.drain()  # `received` keeps the record; the pipe only wakes us
-        return events
+
+    def _on_event(self, worker: str, event: Event) -> None:
+        """Every event a worker sends arrives here, once, and is kept until
+        whoever waits for it takes it."""
+        match event:
+            case ArtifactsPosted() | Drained():
+                self.answers[(type(event), event.job)] = event
+            case _:
+                unexpected(event, "the supervisor")
 
     def _notify(self, line: str) -> None:
         self.echo(f"run {self.prep.settings.run_id}: {line}")
         self.log.write("warning", line, "warning")
 
-    def wait_event(self, worker: str, kind: str, job: Any, deadline: float | None) -> tuple[Any, ...] | None:
-        """Supervise until `worker` reports (`kind`, `job`, …), or the deadline."""
+    def wait_for(self, worker: str, kind: type[AnswerT], job: str, deadline: float | None) -> AnswerT | None:
+        """Supervise until `worker` answers `job` with a `kind` event, or the deadline."""
         while deadline is None or time.monotonic() < deadline:
+            answer = self.answers.pop((kind, job), None)
+            if answer is not None:
+                assert isinstance(answer, kind)
+                return answer
             if self.arbiter.gave_up(worker):
                 return None
             timeout = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-            for name, message in self._poll(timeout):
-                if name == worker and message[0] == kind and message[1] == job:
-                    return message
-            if self.interrupts.received and deadline is None:
+            self._poll(timeout)
+            if self.interrupts.received and deadline is None and (kind, job) not in self.answers:
                 raise Cancelled()
         return None
 
@@ -185,7 +202,7 @@ class RunSupervisor:
             self._notify(f"codex could not be placed in {self.procs.cgroup}; only its environment marker "
                          "identifies the processes it starts")
         started = time.time()
-        self.arbiter.send(HEARTBEAT, "phase", "codex running", started, sticky=True)
+        self.arbiter.send(HEARTBEAT, Phase("codex running", started), sticky=True)
         limit = self.timing.codex_timeout
         deadline = proc.started + limit if limit else None
         end: CodexEnd | None = None
@@ -214,7 +231,7 @@ class RunSupervisor:
         how = f"code {code}" if code >= 0 else f"signal {-code}"
         self.log.write("info" if code == 0 else "error", f"codex exec exited with {how}", "command_finished",
                        exit_code=code, duration_s=round(time.time() - started, 3))
-        self.arbiter.send(HEARTBEAT, "phase", "codex exited, reporting", None, sticky=True)
+        self.arbiter.send(HEARTBEAT, Phase("codex exited, reporting"), sticky=True)
         return end, start
 
     def _stop(self, proc: CodexProcess) -> int:
@@ -326,16 +343,16 @@ class RunSupervisor:
 
     def _post_artifacts(self) -> None:
         job = f"artifacts-{time.time_ns()}"  # a restarted run posts its artifacts again
-        self.arbiter.send(WATCHER, "post", job, sticky=True)
+        self.arbiter.send(WATCHER, PostArtifacts(job), sticky=True)
         deadline = time.monotonic() + self.timing.flush_timeout if self.interrupts.received else None
         try:
-            message = self.wait_event(WATCHER, "posted", job, deadline)
+            done = self.wait_for(WATCHER, ArtifactsPosted, job, deadline)
         except Cancelled:
-            message = self.wait_event(WATCHER, "posted", job, time.monotonic() + self.timing.flush_timeout)
-        if message:
-            self.posted = message[2]
-            self.echo(f"run {self.prep.settings.run_id}: {message[2]} artifact(s) posted"
-                      + (f", {message[3]} skipped" if message[3] else ""))
+            done = self.wait_for(WATCHER, ArtifactsPosted, job, time.monotonic() + self.timing.flush_timeout)
+        if done:
+            self.posted = done.posted
+            self.echo(f"run {self.prep.settings.run_id}: {done.posted} artifact(s) posted"
+                      + (f", {done.skipped} skipped" if done.skipped else ""))
 
     def _prepare_repo(self) -> None:
         ctx, notes = git_persist.plan_persistence(self.payload)
@@ -388,9 +405,9 @@ class RunSupervisor:
             self.log.write("info", "run complete", "codex_event")
         bounded = lambda: time.monotonic() + self.timing.flush_timeout  # noqa: E731
         deadline = bounded() if cancelled else None
-        self.arbiter.send(SHIPPER, "drain", "final", sticky=True)
+        self.arbiter.send(SHIPPER, Drain("final"), sticky=True)
         try:
-            drained = self.wait_event(SHIPPER, "drained", "final", deadline)
+            drained = self.wait_for(SHIPPER, Drained, "final", deadline)
         except Cancelled:
             if decision.action is not Action.ERROR:
                 decision = self._cancelled()

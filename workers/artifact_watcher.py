@@ -21,6 +21,7 @@ from workers.artifacts import enrich, manifest_fingerprint, read_manifest
 from workers.file_watch import watch_files
 from workers.common.redact import Redactor
 from workers.common.wake import WakePipe
+from workers.messages import ArtifactsPosted, Command, PostArtifacts, Stop, unexpected
 from workers.runtime import Mailbox
 from workers.common.files import write_private
 from workers.common.names import MANIFEST_NAME
@@ -117,12 +118,15 @@ class Watcher:
         self._handle(self.mb.wait(seconds))
         return self.stopping
 
-    def _handle(self, messages: list[tuple[Any, ...]]) -> None:
+    def _handle(self, messages: list[Command]) -> None:
         for message in messages:
-            if message[0] == "stop":
-                self.stopping = True
-            elif message[0] == "post":
-                self.jobs.append(message[1])
+            match message:
+                case Stop():
+                    self.stopping = True
+                case PostArtifacts(job=job):
+                    self.jobs.append(job)
+                case _:
+                    unexpected(message, "the artifact-watcher")
 
     def run(self) -> None:
         self.jobs: list[str] = []
@@ -135,7 +139,7 @@ class Watcher:
                         job = self.jobs.pop(0)
                         posted, skipped = self.post_all(job, backend)
                         if not self.stopping:
-                            self.mb.put("posted", job, posted, skipped)
+                            self.mb.put(ArtifactsPosted(job, posted, skipped))
                         continue
                     self.check_early()
                     self._handle(self.mb.wait(IDLE_WAIT, [self.wake]))

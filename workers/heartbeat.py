@@ -7,10 +7,10 @@ import time
 from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from workers.common.backend_client import Backend
 from workers.common.timing import Timing
+from workers.messages import Command, Phase, Stop, unexpected
 from workers.runtime import Mailbox
 from workers.common.spool import ShipperState, utc_now
 
@@ -64,15 +64,18 @@ def main(mailbox: Mailbox, cfg: HeartbeatConfig) -> None:
     codex_started: float | None = None  # wall clock, shared by the supervisor
     stopping = False
 
-    def handle(messages: list[tuple[Any, ...]]) -> None:
+    def handle(messages: list[Command]) -> None:
         nonlocal phase, codex_started, stopping
         for message in messages:
-            if message[0] == "stop":
-                stopping = True
-            elif message[0] == "phase":
-                phase = message[1]
-                if len(message) > 2 and message[2] is not None:
-                    codex_started = message[2]
+            match message:
+                case Stop():
+                    stopping = True
+                case Phase(text=text, codex_started=started):
+                    phase = text
+                    if started is not None:
+                        codex_started = started
+                case _:
+                    unexpected(message, "the heartbeat")
 
     with Backend(cfg.server, cfg.run_id, cfg.token, cfg.timing) as backend:
         while not stopping:

@@ -28,6 +28,7 @@ from workers.file_watch import watch_files
 from workers.log_entries import codex_entry, encode_entry, token_usage, too_large_placeholder
 from workers.common.redact import Redactor
 from workers.common.wake import WakePipe
+from workers.messages import Command, Drain, Drained, Stop, unexpected
 from workers.runtime import Mailbox
 from workers.common.spool import (
     BOOTSTRAP_LOG,
@@ -79,7 +80,7 @@ class Shipper:
         self.boot = LineTail(self.dir / BOOTSTRAP_LOG, self.state.boot_offset)
         self.backend = Backend(cfg.server, cfg.run_id, cfg.token, cfg.timing)
         self.wake = WakePipe()
-        self.drain_id: Any = None
+        self.drain_id: str | None = None
         self.stopping = False
         self._last_commit = 0.0
         self._refusals: set[str] = set()
@@ -227,12 +228,15 @@ class Shipper:
 
     # -- loop ------------------------------------------------------------------
 
-    def _handle(self, messages: list[tuple[Any, ...]]) -> None:
+    def _handle(self, messages: list[Command]) -> None:
         for message in messages:
-            if message[0] == "stop":
-                self.stopping = True
-            elif message[0] == "drain":
-                self.drain_id = message[1]
+            match message:
+                case Stop():
+                    self.stopping = True
+                case Drain(job=job):
+                    self.drain_id = job
+                case _:
+                    unexpected(message, "the log-shipper")
 
     def run(self) -> None:
         observer = watch_files(self.dir, {CODEX_OUT, BOOTSTRAP_LOG}, self.wake)
@@ -254,7 +258,7 @@ class Shipper:
                     if self.encode_new():
                         continue
                     self.state.save(self.dir)
-                    self.mb.put("drained", self.drain_id, self.state.delivered)
+                    self.mb.put(Drained(self.drain_id, self.state.delivered))
                     self.drain_id = None
                 if not encoded:
                     self._handle(self.mb.wait(IDLE_WAIT, [self.wake]))

@@ -26,6 +26,8 @@ from typing import Any
 
 from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
 
+from workers.messages import Command, Event
+
 from workers.run_processes import RunProcesses
 
 PR_SET_PDEATHSIG = 1
@@ -73,16 +75,16 @@ class Mailbox:
     def progress_age(self) -> float:
         return time.monotonic() - self._progress
 
-    def put(self, *message: Any) -> None:
-        self.channels.events.put(message)
+    def put(self, event: Event) -> None:
+        self.channels.events.put(event)
 
-    def wait(self, timeout: float, extra: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    def wait(self, timeout: float, extra: Iterable[Any] = ()) -> list[Command]:
         """Wait for commands (or for one of `extra`'s objects to be readable);
         returns the commands that arrived, possibly none."""
         self.tick()
         reader = self.channels.commands._reader
         wait_ready([reader, *extra], timeout=max(0.0, timeout))
-        messages = []
+        messages: list[Command] = []
         while reader.poll(0):
             messages.append(self.channels.commands.get())
         self.tick()
