@@ -37,6 +37,7 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     from workers.common.backend_client import Backend
     from supervisor.preflight import prepare
     from supervisor.run import supervise
+    from supervisor.signals import Interrupts
     from workers.run_processes import sweep_left_processes
 
     settings = RunSettings(
@@ -45,13 +46,22 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     )
     prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"))
     sweep_left_processes(prep.state_dir.parent, say)
-    with Backend(prep.server, run_id, token, timing) as backend:
-        payload = backend.fetch_bootstrap()
+    # From here on a signal is an event, not an exception: once the fetch has
+    # claimed the run, a SIGTERM must still end in the run's report.
+    interrupts = Interrupts().install()
+    try:
+        with Backend(prep.server, run_id, token, timing) as backend:
+            payload = backend.fetch_bootstrap(sleep=interrupts.sleep)
+    except BaseException:
+        interrupts.restore()
+        raise
     if payload is None:
+        interrupts.restore()
+        interrupts.raise_if_received()
         say(f"warning: run {run_id} was already claimed by another bootstrap (HTTP 409); nothing to do")
         _mention_leftover_spool(prep.state_dir)
         return EXIT_OK
-    return supervise(prep, payload, say)
+    return supervise(prep, payload, say, interrupts)
 
 
 def _mention_leftover_spool(state_dir: Path) -> None:

@@ -1,5 +1,13 @@
 """One run under supervision: the flow from a fetched payload to the terminal
-report (SPEC sections 8, 9, 11, 13).
+report (docs/design.md).
+
+The run goes through named phases (`RunSupervisor.run`): start the run's
+processes and workers, prepare the workspace, run Codex (and resume it once if
+it wrote no artifacts), post the artifacts, persist the code, then finish:
+deliver every log entry and send the one terminal report. Whatever fails on
+the way (a worker that keeps dying, an interrupt, a bug, a full disk, a failed
+fork) becomes the reported reason; only when even the report cannot be sent
+does the supervisor exit with EXIT_UNREPORTED, for the pool to report the run.
 
 The supervisor itself stays single-threaded and never blocks on the backend: it
 waits on Codex's pidfd, its workers' queues and sentinels, and the signal pipe,
@@ -12,29 +20,30 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import multiprocess  # type: ignore[import-untyped]
-import orjson
 
 from supervisor import git_persist
 from supervisor.arbiter import Arbiter, WorkerGaveUp, WorkerSpec
-from workers.common.backend_client import Backend
+from supervisor.codex_output import failure_detail, find_thread_id, last_agent_message, last_failure
 from supervisor.codex_process import CodexProcess, exec_argv, resume_argv, stderr_tail
-from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR
+from supervisor.crash import crash_reason, fault_point, write_crash_file
 from supervisor.outcome import Action, CodexEnd, Decision, decide
 from supervisor.preflight import Prepared, codex_env, payload_secrets
 from supervisor.prompt import build_fix_prompt, build_prompt
+from supervisor.report import FlushDeadline, Report, report_for
 from supervisor.signals import Interrupts
 from workers import artifact_watcher, heartbeat, log_shipper
-from workers.artifacts import artifact_files, read_manifest
-from workers.log_entries import thread_id_of
-from workers.messages import ArtifactsPosted, Drain, Drained, Event, Phase, PostArtifacts, unexpected
+from workers.artifacts import ManifestRead, artifact_files, read_manifest
+from workers.common.backend_client import Backend
+from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_UNREPORTED
 from workers.common.names import MANIFEST_NAME, PROMPT_NAME
 from workers.common.redact import Redactor
-from workers.common.spool import BOOTSTRAP_LOG, CODEX_ERR, CODEX_OUT, EntryLog, LineTail, terminate_last_line
+from workers.common.spool import BOOTSTRAP_LOG, CODEX_ERR, CODEX_OUT, EntryLog, terminate_last_line
+from workers.messages import ArtifactsPosted, Drain, Drained, Event, Phase, PostArtifacts, unexpected
 from workers.run_processes import RunProcesses, Usage, open_run
 
 AnswerT = TypeVar("AnswerT", ArtifactsPosted, Drained)
@@ -46,76 +55,15 @@ class Cancelled(Exception):
     """SIGINT/SIGTERM arrived; the run is to be reported as cancelled."""
 
 
-def codex_events(path: Path, start: int) -> Iterator[dict[str, Any]]:
-    """The JSON events Codex printed since `start`, in order."""
-    tail = LineTail(path, start)
-    try:
-        while lines := tail.read(max_bytes=4 * 1024 * 1024):
-            for line in lines:
-                try:
-                    event = orjson.loads(line.data)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(event, dict):
-                    yield event
-    finally:
-        tail.close()
-
-
-def find_thread_id(path: Path, start: int) -> str | None:
-    """The session id Codex printed (its first event, normally) since `start`."""
-    return next((found for event in codex_events(path, start) if (found := thread_id_of(event))), None)
-
-
-def last_failure(path: Path, start: int) -> str | None:
-    """Why Codex failed, in its own words. With --json it says so only on
-    stdout (`turn.failed`, else a top-level `error`); its stderr is empty."""
-    failed = error = None
-    for event in codex_events(path, start):
-        kind = event.get("type")
-        if kind == "turn.failed" and isinstance(event.get("error"), dict):
-            failed = event["error"].get("message") or failed
-        elif kind == "error" and isinstance(event.get("message"), str):
-            error = event["message"]
-    found = failed or error
-    return found.strip()[:1000] if isinstance(found, str) and found.strip() else None
-
-
-# Codex prints this under the system temp folder; it says nothing about a failure.
-_HARMLESS_STDERR = ("WARNING: proceeding, even though we could not",)
-
-
-def failure_detail(stderr: str, failure: str | None) -> str:
-    lines = [line for line in stderr.splitlines() if not line.startswith(_HARMLESS_STDERR)]
-    return "\n".join(part for part in (failure, "\n".join(lines).strip()) if part)
-
-
-def last_agent_message(path: Path, limit: int = 500) -> str | None:
-    """The last thing the agent said, for the run's summary. Only the file's
-    tail is read: the message is normally among the last few lines."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(max(0, size - 256 * 1024))
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in reversed(lines):
-        if b'"agent_message"' not in line:
-            continue
-        try:
-            item = orjson.loads(line).get("item") or {}
-        except (orjson.JSONDecodeError, AttributeError):
-            continue
-        text = item.get("text") if isinstance(item, dict) else None
-        if isinstance(text, str) and text.strip():
-            text = " ".join(text.split())
-            return text if len(text) <= limit else text[: limit - 1] + "…"
-    return None
+def has_artifacts(manifest: ManifestRead) -> bool:
+    return manifest.status == "ok" and bool(manifest.artifacts)
 
 
 class RunSupervisor:
-    def __init__(self, prep: Prepared, payload: dict[str, Any], echo: Callable[[str], None]) -> None:
+    """One claimed run, from its payload to its terminal report (see `run`)."""
+
+    def __init__(self, prep: Prepared, payload: dict[str, Any], echo: Callable[[str], None],
+                 interrupts: Interrupts | None = None) -> None:
         self.prep = prep
         self.payload = payload
         self.echo = echo
@@ -125,17 +73,26 @@ class RunSupervisor:
         self.redactor = Redactor(self.secrets)
         self.state = prep.state_dir
         self.log = EntryLog(self.state, self.redactor)
-        self.interrupts = Interrupts()
+        # Installed before the bootstrap fetch by the command line, so that a
+        # signal arriving once the run is claimed is never lost.
+        self.interrupts = interrupts or Interrupts()
+        self._arbiter: Arbiter | None = None  # started by _start
         self.mp = multiprocess.get_context("fork")
         self.procs: RunProcesses | None = None
         self.usage = Usage()
         self.env = codex_env(prep, payload)
         self.repo: git_persist.RepoContext | None = None
         self.posted = 0
+        self.reported = False  # the terminal report was delivered
         # Worker answers not yet taken by `wait_for`, by (type, job).
         self.answers: dict[tuple[type[Event], str], Event] = {}
 
     # -- workers ---------------------------------------------------------------
+
+    @property
+    def arbiter(self) -> Arbiter:
+        assert self._arbiter is not None, "the workers are started by _start"
+        return self._arbiter
 
     def _specs(self) -> list[WorkerSpec]:
         p, s = self.prep, self.prep.settings
@@ -278,68 +235,94 @@ class RunSupervisor:
     # -- the flow --------------------------------------------------------------
 
     def run(self) -> int:
-        s = self.prep.settings
-        for sig_file in (CODEX_OUT, BOOTSTRAP_LOG):
-            terminate_last_line(self.state / sig_file)  # torn lines of a crashed earlier start
-        self.interrupts.install()
-        self._open_processes()
-        assert self.procs is not None
-        self.arbiter = Arbiter(self.mp, self._specs(), self.timing, self.state, self.procs, self._notify)
-        self.arbiter.start()
+        """The run, phase by phase. The terminal report is guaranteed by this
+        structure: whatever `_work` raises becomes the reported reason, and if
+        the normal end (`_finish`) fails, `_report_crash` reports directly."""
         try:
+            decision = self._supervised_work()
+            return self._finish(decision)
+        except Exception as exc:  # noqa: BLE001 - any failure still ends with a report
+            return self._report_crash(exc)
+        finally:
+            self._shut_down()
+
+    def _supervised_work(self) -> Decision:
+        """Start the run's processes and workers and do the work; how it ended
+        (done, a worker given up on, an interrupt, a failure) is the decision."""
+        try:
+            self._start()
             decision = self._work()
             if self.arbiter.failures:
                 raise self.arbiter.failures[0]
+            return decision
         except WorkerGaveUp as exc:
-            decision = Decision(Action.ERROR, False, f"bootstrap failed: {exc}")
-            self.echo(f"run {s.run_id}: {exc}")
+            self.echo(f"run {self.prep.settings.run_id}: {exc}")
+            return Decision(Action.ERROR, False, f"bootstrap failed: {exc}")
         except Cancelled:
-            decision = self._cancelled()
-        try:
-            return self._finish(decision)
-        finally:
-            self.arbiter.stop(timeout=5.0)
-            self.procs.end(self.state, self.timing.kill_grace)  # done already, unless _finish failed early
-            self.interrupts.restore()
+            return self._cancelled()
+        except Exception as exc:  # noqa: BLE001 - reported as the run's error, traceback kept
+            return Decision(Action.ERROR, False, self._crashed(exc))
+
+    def _start(self) -> None:
+        for name in (CODEX_OUT, BOOTSTRAP_LOG):
+            terminate_last_line(self.state / name)  # torn lines of a crashed earlier start
+        self.interrupts.install()
+        self._open_processes()
+        assert self.procs is not None
+        self._arbiter = Arbiter(self.mp, self._specs(), self.timing, self.state, self.procs, self._notify)
+        self._arbiter.start()
+        fault_point("start")
 
     def _work(self) -> Decision:
-        p = self.prep
-        for note in p.notes:
+        for note in self.prep.notes:
             self.log.write("warning", note, "warning")
         self._prepare_repo()
-        prompt = build_prompt(self.payload["prompt"], p.config.instructions)
-        prompt_file = p.workspace / PROMPT_NAME
-        prompt_file.write_text(prompt, encoding="utf-8")
+        prompt_file = self._write_prompt()
         if self.interrupts.received:
             raise Cancelled()
-        self.echo(f"run {p.settings.run_id}: codex running in {p.workspace}")
-        end, start = self.run_codex(exec_argv(p.codex.argv_prefix, p.workspace, p.sandbox), prompt_file)
-        manifest = read_manifest(p.workspace / MANIFEST_NAME)
-        has = manifest.status == "ok" and bool(manifest.artifacts)
-        thread_id = find_thread_id(self.state / CODEX_OUT, start) if end.returncode == 0 else None
-        tail = ""
-        if end.returncode > 0:
-            tail = failure_detail(stderr_tail(self.state / CODEX_ERR), last_failure(self.state / CODEX_OUT, start))
-        decision = decide(end, has_artifacts=has, resumed=False, thread_id_known=bool(thread_id),
-                          stderr_tail=self.redactor.text(tail))
-        if decision.action is Action.RESUME and thread_id:
-            fix = build_fix_prompt(manifest.status, manifest.error, manifest.head)
-            self.log.write("info", f"no artifacts in {MANIFEST_NAME} ({manifest.status}); resuming codex session "
-                           f"{thread_id} once to write them", "codex_event")
-            resumed, _ = self.run_codex(resume_argv(p.codex.argv_prefix, p.workspace, p.sandbox, thread_id, fix),
-                                        None)
-            if resumed.cancelled_by or resumed.timed_out_after is not None:
-                end = resumed
-            manifest = read_manifest(p.workspace / MANIFEST_NAME)
-            has = manifest.status == "ok" and bool(manifest.artifacts)
-            decision = decide(end, has_artifacts=has, resumed=True, thread_id_known=True,
-                              resume_returncode=resumed.returncode)
-        if decision.post_artifacts and has:
+        fault_point("work")
+        decision, manifest = self._codex_phase(prompt_file)
+        if decision.post_artifacts and has_artifacts(manifest):
             self._post_artifacts()
         self._persist_code(manifest.artifacts, failed=decision.action is Action.ERROR)
         if decision.warning:
             self.log.write("warning", decision.warning, "warning")
         return decision
+
+    def _write_prompt(self) -> Path:
+        p = self.prep
+        prompt_file = p.workspace / PROMPT_NAME
+        prompt_file.write_text(build_prompt(self.payload["prompt"], p.config.instructions), encoding="utf-8")
+        return prompt_file
+
+    def _codex_phase(self, prompt_file: Path) -> tuple[Decision, ManifestRead]:
+        """Run Codex; resume its session once if it exited 0 without artifacts."""
+        p = self.prep
+        self.echo(f"run {p.settings.run_id}: codex running in {p.workspace}")
+        end, start = self.run_codex(exec_argv(p.codex.argv_prefix, p.workspace, p.sandbox), prompt_file)
+        manifest = read_manifest(p.workspace / MANIFEST_NAME)
+        thread_id = find_thread_id(self.state / CODEX_OUT, start) if end.returncode == 0 else None
+        tail = ""
+        if end.returncode > 0:
+            tail = failure_detail(stderr_tail(self.state / CODEX_ERR), last_failure(self.state / CODEX_OUT, start))
+        decision = decide(end, has_artifacts=has_artifacts(manifest), resumed=False,
+                          thread_id_known=bool(thread_id), stderr_tail=self.redactor.text(tail))
+        if decision.action is Action.RESUME and thread_id:
+            return self._resume(end, thread_id, manifest)
+        return decision, manifest
+
+    def _resume(self, end: CodexEnd, thread_id: str, manifest: ManifestRead) -> tuple[Decision, ManifestRead]:
+        p = self.prep
+        fix = build_fix_prompt(manifest.status, manifest.error, manifest.head)
+        self.log.write("info", f"no artifacts in {MANIFEST_NAME} ({manifest.status}); resuming codex session "
+                       f"{thread_id} once to write them", "codex_event")
+        resumed, _ = self.run_codex(resume_argv(p.codex.argv_prefix, p.workspace, p.sandbox, thread_id, fix), None)
+        if resumed.cancelled_by or resumed.timed_out_after is not None:
+            end = resumed
+        manifest = read_manifest(p.workspace / MANIFEST_NAME)
+        decision = decide(end, has_artifacts=has_artifacts(manifest), resumed=True, thread_id_known=True,
+                          resume_returncode=resumed.returncode)
+        return decision, manifest
 
     def _post_artifacts(self) -> None:
         job = f"artifacts-{time.time_ns()}"  # a restarted run posts its artifacts again
@@ -385,71 +368,127 @@ class RunSupervisor:
             )
         self._write_notes(notes)
 
-    def _write_notes(self, notes: Any) -> None:
+    def _write_notes(self, notes: Iterable[git_persist.Note]) -> None:
         for note in notes:
             self.log.write(note.level, note.message, "warning" if note.level != "info" else "codex_event")
 
     def _cancelled(self) -> Decision:
         return Decision(Action.ERROR, False, f"cancelled ({self.interrupts.name})")
 
+    # -- the end ---------------------------------------------------------------
+
     def _finish(self, decision: Decision) -> int:
         """Deliver every entry, then the terminal report, then stop heartbeats."""
-        s = self.prep.settings
+        fault_point("finish")
         self._close_processes()
-        cancelled = bool(self.interrupts.received)
-        if cancelled and (decision.action is not Action.ERROR or decision.codex_signalled):
+        if self.interrupts.received and (decision.action is not Action.ERROR or decision.codex_signalled):
             decision = self._cancelled()
         if decision.action is Action.ERROR:
             self.log.write("error", f"run failed: {decision.reason}", "error")
         else:
             self.log.write("info", "run complete", "codex_event")
-        bounded = lambda: time.monotonic() + self.timing.flush_timeout  # noqa: E731
-        deadline = bounded() if cancelled else None
+        deadline = FlushDeadline(self.interrupts, self.timing.flush_timeout)
+        decision = self._drain(decision, deadline)
+        report = report_for(decision, posted=self.posted, usage=self.usage.describe(),
+                            said=last_agent_message(self.state / CODEX_OUT), redactor=self.redactor)
+        self._deliver(report, deadline)
+        self.arbiter.stop([HEARTBEAT], timeout=2.0)
+        return self._exit_status(decision)
+
+    def _drain(self, decision: Decision, deadline: FlushDeadline) -> Decision:
+        """Wait until the log-shipper delivered everything spooled; an
+        interrupt meanwhile stops the wait (and cancels the run)."""
         self.arbiter.send(SHIPPER, Drain("final"), sticky=True)
         try:
-            drained = self.wait_for(SHIPPER, Drained, "final", deadline)
+            drained = self.wait_for(SHIPPER, Drained, "final", deadline.at)
         except Cancelled:
             if decision.action is not Action.ERROR:
                 decision = self._cancelled()
-            deadline = bounded()
+            deadline.start()
             drained = None
         if drained is None:
-            self.echo(f"run {s.run_id}: not every log entry could be delivered; they stay spooled in {self.state}")
-        said = last_agent_message(self.state / CODEX_OUT)
-        used = f"its processes used {self.usage.describe()}"
-        if decision.action is Action.COMPLETE:
-            summary = f"Codex completed with {self.posted} artifact(s); {used}" + (f": {said}" if said else "")
-            path, body = "/complete", {"summary": self.redactor.text(summary)}
-        else:
-            reason = self.redactor.text(decision.reason)
-            path, body = "/error", {"summary": f"Run failed: {reason.splitlines()[0]} ({used})", "reason": reason}
-        def keep_trying() -> bool:
-            nonlocal deadline
-            if deadline is None and self.interrupts.received:
-                deadline = bounded()  # interrupted while the backend is down: try a while longer
-            return deadline is None or time.monotonic() < deadline
+            self.echo(f"run {self.prep.settings.run_id}: not every log entry could be delivered; "
+                      f"they stay spooled in {self.state}")
+        return decision
 
+    def _deliver(self, report: Report, deadline: FlushDeadline) -> None:
         def sleep(seconds: float) -> bool:
             # Keep supervising (and hear a Ctrl-C) between tries.
             self._poll(seconds)
             return False
 
+        s = self.prep.settings
         with Backend(self.prep.server, s.run_id, s.token, self.timing) as backend:
-            answer = backend.post(path, body, keep_trying=keep_trying, sleep=sleep)
-        if not answer.ok:
-            self.echo(f"run {s.run_id}: could not deliver the {path[1:]} report (HTTP {answer.status or 'no answer'})")
-        self.arbiter.stop([HEARTBEAT], timeout=2.0)
-        if cancelled or self.interrupts.received:
-            self.echo(f"run {s.run_id}: cancelled")
+            answer = backend.post(report.path, report.body, keep_trying=deadline.keep_trying, sleep=sleep)
+        if answer.ok:
+            self.reported = True
+        else:
+            self.echo(f"run {s.run_id}: could not deliver the {report.path[1:]} report "
+                      f"(HTTP {answer.status or 'no answer'})")
+
+    def _exit_status(self, decision: Decision) -> int:
+        run_id = self.prep.settings.run_id
+        if self.interrupts.received:
+            self.echo(f"run {run_id}: cancelled")
             return self.interrupts.exit_code
         if decision.action is Action.COMPLETE:
-            self.echo(f"run {s.run_id}: complete ({self.usage.describe()})")
+            self.echo(f"run {run_id}: complete ({self.usage.describe()})")
             return EXIT_OK
-        self.echo(f"run {s.run_id}: error: {self.redactor.text(decision.reason).splitlines()[0]}")
+        self.echo(f"run {run_id}: error: {self.redactor.text(decision.reason).splitlines()[0]}")
         return EXIT_RUN_ERROR
 
+    # -- when bootstrap itself fails ---------------------------------------------
 
-def supervise(prep: Prepared, payload: dict[str, Any], echo: Callable[[str], None] | None = None) -> int:
+    def _crashed(self, exc: BaseException) -> str:
+        """Keep the traceback in the crash file, say so; returns the reason to report."""
+        reason = crash_reason(exc, self.redactor)
+        where = write_crash_file(self.state, exc, self.redactor)
+        self.echo(f"run {self.prep.settings.run_id}: {reason}"
+                  + (f" (traceback in {where})" if where else " (no crash file could be written)"))
+        return reason
+
+    def _report_crash(self, exc: BaseException) -> int:
+        """The normal end failed: report `error` straight away, without waiting
+        for the log; EXIT_UNREPORTED when even that fails, for the pool."""
+        reason = self._crashed(exc)
+        if self.reported:
+            return EXIT_RUN_ERROR
+        s = self.prep.settings
+        report = report_for(Decision(Action.ERROR, False, reason), posted=self.posted,
+                            usage=self.usage.describe(), said=None, redactor=self.redactor)
+        deadline = FlushDeadline(self.interrupts, self.timing.flush_timeout)
+        deadline.start()
+        try:
+            fault_point("report")
+            with Backend(self.prep.server, s.run_id, s.token, self.timing) as backend:
+                delivered = backend.post(report.path, report.body, keep_trying=deadline.keep_trying).ok
+        except Exception as failure:  # noqa: BLE001 - the pool reports the run instead
+            write_crash_file(self.state, failure, self.redactor)
+            delivered = False
+        if not delivered:
+            self.echo(f"run {s.run_id}: could not report the failure; exit {EXIT_UNREPORTED} "
+                      "asks whoever started bootstrap to report the run")
+            return EXIT_UNREPORTED
+        return EXIT_RUN_ERROR
+
+    def _shut_down(self) -> None:
+        """Workers stopped, the run's processes ended, signal handlers restored:
+        each step tried even if another fails."""
+        steps: list[Callable[[], object]] = [self.interrupts.restore]
+        if self.procs is not None:
+            procs = self.procs
+            steps.insert(0, lambda: procs.end(self.state, self.timing.kill_grace))  # done already, normally
+        if self._arbiter is not None:
+            arbiter = self._arbiter
+            steps.insert(0, lambda: arbiter.stop(timeout=5.0))
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - the exit status is decided already
+                write_crash_file(self.state, exc, self.redactor)
+
+
+def supervise(prep: Prepared, payload: dict[str, Any], echo: Callable[[str], None] | None = None,
+              interrupts: Interrupts | None = None) -> int:
     say = echo or (lambda line: print(f"flywheel-bootstrap: {line}", file=sys.stderr, flush=True))
-    return RunSupervisor(prep, payload, say).run()
-
+    return RunSupervisor(prep, payload, say, interrupts).run()

@@ -4,6 +4,7 @@ an exit status reads in a message."""
 
 from __future__ import annotations
 
+import select
 import signal
 from types import FrameType
 
@@ -33,6 +34,8 @@ class Interrupts:
         self._previous: dict[int, object] = {}
 
     def install(self) -> "Interrupts":
+        if self._previous:
+            return self  # installed already (before the bootstrap fetch)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
@@ -45,6 +48,20 @@ class Interrupts:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
         self._pipe.poke()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep between tries of the bootstrap fetch; an interrupt ends the
+        sleep and bootstrap with it (the run is not claimed yet)."""
+        if not self.received:
+            select.select([self], [], [], seconds)
+        self.raise_if_received()
+
+    def raise_if_received(self) -> None:
+        """End bootstrap as the default handlers would have (before a run is claimed)."""
+        if self.first == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.first is not None:
+            raise SystemExit(self.exit_code)
 
     def drain(self) -> None:
         self._pipe.clear()

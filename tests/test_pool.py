@@ -563,6 +563,10 @@ def test_classify_exit() -> None:
     assert classify_exit(143, cancelling=True).state == states.CANCELLED
     assert classify_exit(143, cancelling=True).post_reason is None
     assert classify_exit(77, cancelling=False).status == 1
+    # 70: the supervisor failed and could not report the run; the pool reports it.
+    unreported = classify_exit(70, cancelling=False)
+    assert (unreported.state, unreported.status) == (states.ERROR, 1)
+    assert unreported.post_reason is not None and unreported.post_reason.startswith("bootstrap failed:")
 
 
 def test_pool_exit_status_priority() -> None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from supervisor.codex_process import exec_argv, resume_argv
-from supervisor.run import find_thread_id, last_agent_message
+from supervisor.codex_output import find_thread_id, last_agent_message
 
 
 def write_lines(path: Path, *events: object) -> None:
@@ -43,7 +43,7 @@ def test_resume_puts_exec_flags_before_resume() -> None:
 
 
 def test_last_failure_prefers_turn_failed_and_drops_harmless_stderr(tmp_path: Path) -> None:
-    from supervisor.run import failure_detail, last_failure
+    from supervisor.codex_output import failure_detail, last_failure
 
     out = tmp_path / "codex.out"
     write_lines(out, {"type": "error", "message": "Reconnecting... 1/5"},

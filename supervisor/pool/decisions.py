@@ -19,6 +19,7 @@ from workers.common.errors import (
     EXIT_RUN_ERROR,
     EXIT_SIGINT,
     EXIT_SIGTERM,
+    EXIT_UNREPORTED,
     EXIT_USAGE,
     ConfigError,
 )
@@ -61,6 +62,10 @@ def classify_exit(returncode: int, *, cancelling: bool) -> Outcome:
         return Outcome(states.ERROR, "backend refused or unreachable (exit 3)", EXIT_BACKEND)
     if returncode == EXIT_PROVISION:
         return Outcome(states.ERROR, "Codex could not be provisioned (exit 4)", EXIT_PROVISION)
+    if returncode == EXIT_UNREPORTED:
+        return Outcome(states.ERROR, f"bootstrap failed and could not report the run (exit {EXIT_UNREPORTED})",
+                       EXIT_RUN_ERROR, post_reason="bootstrap failed: its supervisor could not report the run "
+                       "(its crash.log in the run's state folder says why)")
     if returncode in (EXIT_SIGINT, EXIT_SIGTERM):
         name = "SIGINT" if returncode == EXIT_SIGINT else "SIGTERM"
         # Cancelled by someone else than the pool: for the pool it is a run that failed.

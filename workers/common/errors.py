@@ -12,6 +12,9 @@ EXIT_RUN_ERROR = 1
 EXIT_USAGE = 2
 EXIT_BACKEND = 3
 EXIT_PROVISION = 4
+# The supervisor failed and could not even report the run: whoever started
+# it (the --runs pool) reports the run instead.
+EXIT_UNREPORTED = 70
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
