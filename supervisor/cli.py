@@ -1,4 +1,4 @@
-"""The `flywheel-bootstrap` command line (SPEC section 2)."""
+"""The `flywheel-bootstrap` command line (README: Running one run, Exit status)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The per-run ``CODEX_HOME`` (SPEC section 5).
+"""The per-run ``CODEX_HOME`` (README: Codex).
 
 Codex keeps its session state under ``CODEX_HOME``: ``sessions/…/rollout-*.jsonl``,
 SQLite files, refreshed login tokens. Each run gets its own, inside its private

@@ -1,5 +1,5 @@
-"""Starting and stopping Codex: the exact command lines of SPEC sections 8 and
-13, started as the first of the run's processes (workers/run_processes), which
+"""Starting and stopping Codex: the exact command lines of docs/design.md
+(Codex and its resume), started as the first of the run's processes (workers/run_processes), which
 never outlive bootstrap."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Load and validate the user's Codex ``config.toml`` (SPEC section 3).
+"""Load and validate the user's Codex ``config.toml`` (README: Configuration).
 
 Bootstrap reads only its own ``[flywheel]`` table and the few Codex keys that
 decide where a run works and how it is sandboxed; everything else is kept in
@@ -56,7 +56,7 @@ class CodexConfig:
 
 
 def sandbox_args(mode: str | None) -> list[str]:
-    """The Codex flags for a sandbox mode (SPEC section 3)."""
+    """The Codex flags for a sandbox mode (README: Configuration)."""
     if mode is None:
         return ["--sandbox", DEFAULT_SANDBOX_MODE]
     if mode == NO_SANDBOX_MODE:
@@ -69,7 +69,7 @@ def sandbox_args(mode: str | None) -> list[str]:
 def load_config(path: Path) -> CodexConfig:
     """Read, parse and validate the config file at ``path``.
 
-    Decisions beyond the SPEC:
+    Decisions beyond the README's rules:
     - ``cd`` and ``workspace_dir`` both set: ``cd`` wins (it is the name of
       Codex's own flag); if they differ, one warning says so.
     - A ``profile`` key selecting ``[profiles.<name>]`` is honoured for

@@ -1,4 +1,4 @@
-"""Code persistence (SPEC section 11): clone before Codex, commit and push after.
+"""Code persistence (README: Code persistence): clone before Codex, commit and push after.
 
 Everything here is best effort. A bad `repo_context`, a clone that fails or a push
 that is rejected becomes a `Note` (a log entry for the caller to ship) and never an

@@ -1,4 +1,4 @@
-"""The built-in mock agent used when BOOTSTRAP_MOCK_CODEX is set (SPEC section 14).
+"""The built-in mock agent used when BOOTSTRAP_MOCK_CODEX is set (README: Configuration, BOOTSTRAP_MOCK_CODEX).
 
 It stands where `codex` stands and takes the same command line, so mock runs
 go through exactly the pipeline real runs do (stdout shipped line by line,

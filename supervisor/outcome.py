@@ -1,4 +1,4 @@
-"""What to do after Codex exits: SPEC section 13's table as one pure function."""
+"""What to do after Codex exits: the table of docs/design.md (The run, step by step) as one pure function."""
 
 from __future__ import annotations
 

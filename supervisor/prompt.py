@@ -1,5 +1,5 @@
-"""The text given to Codex: the run prompt (SPEC section 7) and the fix prompt
-used to resume a run that ended without artifacts (SPEC section 13).
+"""The text given to Codex: the run prompt (supervisor/prompt.py is its only definition) and the fix prompt
+used to resume a run that ended without artifacts (docs/design.md: The run, step by step).
 
 The wording is for a model: short imperative rules, one concrete example per
 artifact type, nothing it has to guess.

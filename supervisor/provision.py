@@ -1,4 +1,4 @@
-"""Making sure a `codex` CLI is there (SPEC section 5).
+"""Making sure a `codex` CLI is there (README: Codex).
 
 Order: the built-in mock agent in mock mode; else `codex` on PATH; else the pinned
 release, downloaded once per host into `$FLYWHEEL_HOME/codex/<version>/codex`.
@@ -385,7 +385,7 @@ def find_codex(
     backoff_base: float = 1.0,
     backoff_cap: float = 15.0,
 ) -> CodexCommand:
-    """The Codex to run, in the order of SPEC section 5 (mock, PATH, cache, download)."""
+    """The Codex to run, in the README's order (mock, PATH, cache, download)."""
     if mock:
         return CodexCommand((sys.executable, "-m", "supervisor.mock_agent"), "mock")
     on_path = shutil.which("codex", path=env.get("PATH", os.defpath))

@@ -1,4 +1,4 @@
-"""Where a run works and where it keeps its private state (SPEC sections 3 and 4).
+"""Where a run works and where it keeps its private state (README: Configuration, Where things live).
 
 The workspace is what Codex sees (``--cd``); the state folder
 (``$FLYWHEEL_HOME/state/<run_id>``) lies outside it on purpose, so sandboxed

@@ -17,7 +17,7 @@ from tests.backend_fixture import backend  # noqa: F401  (re-exported fixture)
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_CODEX = ROOT / "tests" / "fake_codex"
 
-# Small timings so fault tests finish in seconds; see supervisor.settings.Timing.
+# Small timings so fault tests finish in seconds; see workers.common.timing.Timing.
 FAST_TIMING = {
     "FLYWHEEL_TIMING_KILL_GRACE": "3",
     "FLYWHEEL_TIMING_FLUSH_TIMEOUT": "5",

@@ -1,4 +1,4 @@
-"""The per-run CODEX_HOME and the TOML writer it uses (SPEC section 5)."""
+"""The per-run CODEX_HOME and the TOML writer it uses (README: Codex)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every rule of SPEC section 3, on real files."""
+"""Every rule of the README's Configuration section, on real files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC section 9's faults, each caused for real: workers SIGKILLed and
+"""The faults of docs/design.md, each caused for real: workers SIGKILLed and
 SIGSTOPped, the backend down, the supervisor killed, bootstrap interrupted."""
 
 from __future__ import annotations

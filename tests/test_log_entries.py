@@ -1,4 +1,4 @@
-"""Codex output -> log entries (SPEC section 8), and the Redactor."""
+"""Codex output -> log entries (docs/protocol.md: Log entries), and the Redactor."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ TOKEN = "run-token-5f2c9a"
 GH = "ghp_0123456789abcdef"
 SECRETS = Redactor.of(TOKEN, GH, None, "")
 
-# The exact lines of SPEC section 8.
+# Lines as the real Codex prints them.
 THREAD = b'{"type":"thread.started","thread_id":"0199a213-81c0-7800-8aa1-bbab2a035a53"}'
 TURN = b'{"type":"turn.started"}'
 CMD_STARTED = (

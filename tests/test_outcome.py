@@ -1,4 +1,4 @@
-"""SPEC section 13's outcome table, row by row."""
+"""The outcome table of docs/design.md, row by row."""
 
 from __future__ import annotations
 

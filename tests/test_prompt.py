@@ -1,4 +1,4 @@
-"""The run prompt (SPEC section 7) and the fix prompt (SPEC section 13)."""
+"""The run prompt and the fix prompt (docs/design.md: The run, step by step)."""
 
 from __future__ import annotations
 

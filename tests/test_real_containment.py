@@ -1,4 +1,4 @@
-"""A run owns every process it starts (SPEC section 9, Containment), proven with
+"""A run owns every process it starts (docs/design.md: Containment), proven with
 the *real* Codex CLI under `danger-full-access`, where nothing else reaps its
 commands: the model runs one command that leaves the three shapes seen in the
 wild — a `nohup … &` job, a daemon that called setsid itself, and the

@@ -1,4 +1,4 @@
-"""examples/slurm_bootstrap.sbatch under a real Slurm (SPEC section 16, "Many hosts").
+"""examples/slurm_bootstrap.sbatch under a real Slurm (README: Many runs, across many hosts).
 
 A single-node cluster with 4 simulated GPUs, started by .ci/slurm_up.sh (`.ci/run`
 does it and exports SLURM_CONF); without one every test here is skipped, saying why.

@@ -1,4 +1,4 @@
-"""Workspace, run id and state folder rules (SPEC sections 3 and 4)."""
+"""Workspace, run id and state folder rules (README: Configuration, Where things live)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pure logic of artifacts (SPEC section 10): read the manifest Codex writes,
+"""The pure logic of artifacts (docs/protocol.md: Artifacts): read the manifest Codex writes,
 enrich each artifact with the file it names, and list those files so code
 persistence can leave them out of the commit. No HTTP here.
 
@@ -507,8 +507,8 @@ def _file_reference(payload: Mapping[str, Any]) -> tuple[str | None, str | None]
 
 
 def enrich(artifact: Mapping[str, Any], workspace: Path, blob_threshold: int) -> Enriched:
-    """The artifact to post, with the file its payload names embedded per SPEC
-    section 10 (a new dict; the input is never mutated)."""
+    """The artifact to post, with the file its payload names embedded per
+    docs/protocol.md, Artifacts (a new dict; the input is never mutated)."""
     artifact_type = str(artifact.get("artifact_type", ""))
     raw_payload = artifact.get("payload")
     payload: dict[str, Any] = dict(raw_payload) if isinstance(raw_payload, Mapping) else {}

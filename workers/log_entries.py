@@ -1,6 +1,6 @@
 """Turn what Codex prints into log entries.
 
-This is the mapping of SPEC section 8, kept pure (bytes in, frozen Entry out) so
+This is the mapping of docs/protocol.md (Log entries), kept pure (bytes in, frozen Entry out) so
 the log-shipper can call it in a tight loop and tests can pin it down exactly.
 
 An Entry carries `level`, `message` and `extra` but neither `seq` nor
@@ -386,8 +386,8 @@ def utc_now_iso() -> str:
 
 
 def too_large_placeholder(entry_dict: dict[str, Any], message_bytes: int, limit_bytes: int | None) -> dict[str, Any]:
-    """The entry sent instead of one the backend refused with 413 (SPEC section
-    8); it keeps the original `seq` so ordering and de-duplication still hold."""
+    """The entry sent instead of one the backend refused with 413 (docs/protocol.md,
+    Log entries); it keeps the original `seq` so ordering and de-duplication still hold."""
     original_extra = entry_dict.get("extra")
     extra: dict[str, Any] = {
         "dropped": True,

@@ -218,7 +218,7 @@ class Shipper:
                 return False
 
     def _report_dropped(self, count: int, why: str) -> None:
-        # Not retried (SPEC 6); said once per kind of refusal, locally, without
+        # Not retried (docs/protocol.md); said once per kind of refusal, locally, without
         # the entries' content. shipper.json keeps the running count.
         self.state = self.state.evolve(dropped=self.state.dropped + count)
         if why not in self._refusals:

@@ -1,5 +1,5 @@
-"""The run's processes: Codex and everything it starts (SPEC section 9,
-"Containment: a run owns every process it starts").
+"""The run's processes: Codex and everything it starts (docs/design.md,
+Containment: a run owns every process it starts).
 
 The real Codex starts every command in a session of its own, and a command may
 `setsid` a daemon, so no process group and no parent-death signal reaches them.

@@ -1,4 +1,4 @@
-"""A local Flywheel backend: SPEC section 6 over real HTTP, stored in SQLite.
+"""A local Flywheel backend: docs/protocol.md over real HTTP, stored in SQLite.
 
 Used by `flywheel-bootstrap serve` and `flywheel-bootstrap demo` so people can try
 the tool without the hosted service, and by the test suite as the server every

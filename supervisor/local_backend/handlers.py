@@ -1,4 +1,4 @@
-"""The run API's calls (SPEC section 6), one handler each: validate the body and
+"""The run API's calls (docs/protocol.md), one handler each: validate the body and
 write it, inside the transaction the store opened for the request.
 
 Each handler takes (conn, run row, raw body) and returns the Reply; a body the

@@ -1,4 +1,4 @@
-"""Many runs on one host: the pool behind `--runs FILE` (SPEC sections 12, 13).
+"""Many runs on one host: the pool behind `--runs FILE` (docs/design.md: Many runs).
 
 Each run gets its own single-run supervisor as a child process (`python -m
 supervisor --run-id …`), which brings its own three workers; runs share nothing

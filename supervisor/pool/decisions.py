@@ -1,5 +1,5 @@
-"""The pool's decisions, as pure functions over plain data (SPEC sections 2, 12,
-13): what a supervisor's exit status means, the pool's own exit status, which GPUs
+"""The pool's decisions, as pure functions over plain data (docs/design.md:
+Many runs): what a supervisor's exit status means, the pool's own exit status, which GPUs
 each run gets and which waiting runs start now, and each run's supervisor
 command and environment."""
 
@@ -50,7 +50,7 @@ class Outcome:
 
 
 def classify_exit(returncode: int, *, cancelling: bool) -> Outcome:
-    """Map a single-run supervisor's exit status (SPEC section 2) to an outcome."""
+    """Map a single-run supervisor's exit status (README: Exit status) to an outcome."""
     if returncode == EXIT_OK:
         # 0 also covers "already claimed elsewhere" (409): not ours to run, not a failure.
         return Outcome(states.COMPLETE, "completed", EXIT_OK)

@@ -1,4 +1,4 @@
-"""The host's GPUs and who holds them (SPEC section 12).
+"""The host's GPUs and who holds them (README: Many runs).
 
 The GPUs are the inherited `CUDA_VISIBLE_DEVICES` when it is set (the user
 already restricted the set), else the indices listed by `nvidia-smi -L`. None

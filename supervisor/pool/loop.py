@@ -157,7 +157,7 @@ class Wakeup:
 class Pool:
     """Runs every spec under its own supervisor until every run is final.
 
-    Use once: `Pool(...).run()` returns the pool's exit status (SPEC section 2).
+    Use once: `Pool(...).run()` returns the pool's exit status (README: Exit status).
     """
 
     def __init__(

@@ -116,7 +116,7 @@ def run_pool(
     cancel_grace: float | None = None,
 ) -> int:
     """Run every spec, each under its own supervisor; return the exit status of
-    SPEC section 2 (see EXIT_PRIORITY for mixed outcomes).
+    the README (Exit status; see EXIT_PRIORITY for mixed outcomes).
 
     Problems found before any run starts (bad options, GPUs the host does not
     have, a bad config, Codex not provisioned) raise a BootstrapError.

@@ -1,4 +1,4 @@
-"""The runs file of `--runs FILE` (SPEC section 12): many runs for one host.
+"""The runs file of `--runs FILE` (README: Many runs): many runs for one host.
 
 One run per line, either as text
 

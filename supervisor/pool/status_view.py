@@ -1,4 +1,4 @@
-"""What the pool shows while its runs go (SPEC section 12).
+"""What the pool shows while its runs go (README: Many runs).
 
 On a terminal, a compact table redrawn in place (at most a few times a second);
 without one, one plain line per state change, so logs of a batch job stay

@@ -1,4 +1,4 @@
-"""The Flywheel backend protocol (SPEC section 6) over one kept-alive session.
+"""The Flywheel backend protocol (docs/protocol.md) over one kept-alive session.
 
 Two kinds of call: the bootstrap fetch, which gives up after a few tries and maps
 refusals to exit statuses, and telemetry posts, which never give up on their own:

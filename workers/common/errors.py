@@ -1,4 +1,4 @@
-"""Expected failures, each carrying the exit status of SPEC section 2.
+"""Expected failures, each carrying the exit status of the README's Exit status table.
 
 Anything raised as a BootstrapError is shown to the user as its message alone:
 no traceback. The message must name the file, key or value at fault and say

@@ -1,6 +1,6 @@
 """Replace known secrets (run token, github/wandb/hf tokens) by `***`.
 
-Every log entry bootstrap ships goes through a Redactor (SPEC section 8), so it
+Every log entry bootstrap ships goes through a Redactor (docs/protocol.md: Log entries), so it
 must cost next to nothing when no secret is present, which is nearly always:
 a few C-level substring searches decide that, and only a hit pays for the
 regex substitution.
