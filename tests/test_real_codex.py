@@ -86,6 +86,10 @@ def config_for(env: Env, model: FakeModelServer | str, sandbox: str = "workspace
         f'sandbox_mode = "{sandbox}"\n'
         + provider_toml(base_url)
         + '[flywheel]\nworkspace_instructions = "Work in the workspace."\n'
+        # Codex's sandbox turns each writable root's missing .git into an empty
+        # read-only mount point: with /tmp a writable root, /tmp/.git appears and
+        # every later test's tmp folder looks like part of a git repository.
+        + '[sandbox_workspace_write]\nexclude_slash_tmp = true\nexclude_tmpdir_env_var = true\n'
     )
     return env.config(body)
 
