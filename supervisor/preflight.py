@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers.common.backend_client import validate_server_url
 from supervisor.codex_home import prepare_codex_home
-from supervisor.config import NO_SANDBOX_MODE, CodexConfig, load_config, sandbox_args
+from supervisor.config import DEFAULT_SANDBOX_MODE, NO_SANDBOX_MODE, CodexConfig, load_config, sandbox_args
 from workers.common.errors import ConfigError
+from supervisor.pool import gpus as gpu_discovery
 from supervisor.git_persist import max_commit_file_bytes
 from supervisor.provision import CodexCommand, find_codex, login_ok, terminal_progress
 from supervisor.settings import RunSettings
@@ -74,6 +75,18 @@ def sandbox_problem(codex: CodexCommand, mode: str | None, env: Mapping[str, str
             'sandbox_mode = "danger-full-access" in the config')
 
 
+def gpu_sandbox_warning(gpus: Sequence[str], mode: str | None) -> str | None:
+    """Under `workspace-write` and `read-only` Codex runs commands in bubblewrap
+    with a minimal /dev (no /dev/nvidia*) and no network: GPU work needs
+    danger-full-access, so say so once when this host has GPUs."""
+    sandbox = mode or DEFAULT_SANDBOX_MODE
+    if not gpus or sandbox == NO_SANDBOX_MODE:
+        return None
+    return (f"this host has GPUs ({', '.join(gpus)}), but in the {sandbox} sandbox Codex's commands see neither "
+            'the GPUs nor the network; set sandbox_mode = "danger-full-access" in the config for GPU work '
+            "(see the README's Configuration section)")
+
+
 def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str], None]) -> Prepared:
     validate_run_id(settings.run_id)
     server = validate_server_url(settings.server)
@@ -105,6 +118,9 @@ def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str],
             raise ConfigError(f"{LOGIN_HELP}\n(codex said: {detail.splitlines()[-1] if detail else 'nothing'})")
     if problem := sandbox_problem(codex, cfg.sandbox_mode, env):
         notes.append(problem)
+    if codex.source != "mock" and cfg.sandbox_mode != NO_SANDBOX_MODE:
+        if warning := gpu_sandbox_warning(gpu_discovery.discover(env), cfg.sandbox_mode):
+            notes.append(warning)
     for note in notes:
         warn(note)
     return Prepared(

@@ -202,10 +202,16 @@ def test_interrupt_cancels_codex_and_reports_error(env: Env, backend: LocalBacke
 @pytest.mark.parametrize("engine", ENGINES)
 def test_normal_end_leaves_no_setsid_daemon(env: Env, backend: LocalBackend, engine: dict) -> None:
     run_id, proc, pids = launch_shapes(env, backend, "gate", **engine)
+    if not engine:  # the heartbeat says what the run's processes used so far
+        wait_until(lambda: any("CPU " in h["summary"] for h in backend.heartbeats(run_id)), 20, "usage in a heartbeat")
     open_gate(env)
     code, err = finish(proc)
     assert code == 0, err
-    assert backend.run(run_id)["state"] == "complete"
+    run = backend.run(run_id)
+    assert run["state"] == "complete"
+    # The terminal summary says what they used; honestly "unavailable" where unknown.
+    assert "its processes used CPU " in run["summary"] if not engine else \
+        "its processes used CPU time unavailable, peak memory unavailable" in run["summary"]
     assert not any(alive(p) for p in pids), "the daemon a command started ends with the run"
     assert not (env.state(run_id) / "containment.json").exists()
     said = [e["message"] for e in backend.entries(run_id) if e["message"].startswith("containment:")]

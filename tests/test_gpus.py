@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 
+from supervisor.preflight import gpu_sandbox_warning
 from supervisor.pool.gpus import GpuAllocator, discover, parse_nvidia_smi, parse_visible_devices
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +98,27 @@ def test_allocator_problems() -> None:
     assert problem is not None and "GPU 5" in problem
     assert GpuAllocator([]).problem(1) is not None
     assert alloc.problem(0) is not None
+
+
+@pytest.mark.parametrize("gpus,mode,warns", [
+    (("0", "1"), None, True),  # Codex's default for bootstrap: workspace-write
+    (("0",), "workspace-write", True),
+    (("0",), "read-only", True),
+    (("0",), "danger-full-access", False),
+    ((), "workspace-write", False),
+])
+def test_gpu_sandbox_warning(gpus: tuple[str, ...], mode: str | None, warns: bool) -> None:
+    warning = gpu_sandbox_warning(gpus, mode)
+    assert (warning is not None) is warns
+    if warning:
+        assert "neither the GPUs nor the network" in warning and (mode or "workspace-write") in warning
+
+
+def test_gpus_and_a_sandbox_warn_once_end_to_end(env: Any, backend: Any) -> None:
+    run_id, token = backend.create_run(prompt="Train.")
+    result = env.run("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
+                     extra={"FLYWHEEL_RUN_TOKEN": token, "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("neither the GPUs nor the network") == 1
+    warnings = [e["message"] for e in backend.entries(run_id) if "neither the GPUs" in e["message"]]
+    assert len(warnings) == 1

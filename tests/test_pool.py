@@ -632,14 +632,14 @@ def test_read_delivered_tolerates_partial_files(tmp_path: Path) -> None:
 
 def test_render_table() -> None:
     rows = [
-        sv.RunRow("r1", states.RUNNING, 75.2, 1234, ("0", "1"), ""),
+        sv.RunRow("r1", states.RUNNING, 75.2, 1234, ("0", "1"), "", 12.5, 3 * 2**29),
         sv.RunRow("run-two", states.WAITING, None, None, None, "needs 2 free GPUs"),
         sv.RunRow("r3", states.ERROR, 3725, 7, None, "x" * 100),
     ]
     text = sv.render(rows, max_result=20)
     lines = text.split("\n")
-    assert lines[0].split() == ["RUN", "STATE", "ELAPSED", "ENTRIES", "GPUS", "RESULT"]
-    assert lines[1].split() == ["r1", "running", "1m15s", "1,234", "0,1", "-"]
+    assert lines[0].split() == ["RUN", "STATE", "ELAPSED", "ENTRIES", "GPUS", "CPU", "PEAK", "RESULT"]
+    assert lines[1].split() == ["r1", "running", "1m15s", "1,234", "0,1", "12.5s", "1.5", "GiB", "-"]
     assert lines[2].split()[:5] == ["run-two", "waiting", "-", "-", "-"]
     assert lines[3].split()[2] == "1h02m05s"
     assert lines[3].endswith("x" * 19 + "…")

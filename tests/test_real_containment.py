@@ -216,7 +216,7 @@ def test_pool_keeps_gpus_until_a_killed_supervisors_processes_are_gone(real: Env
                 (held / "freezer.state").write_text("THAWED")
             wait_until(lambda: (second_state / "pool-output.log").exists(), 20, "the second run to get the GPU")
             assert not any(alive(pid) for pid in (nohup_job, daemon, foreground))
-            _, err = pool.communicate(timeout=60)
+            out, err = pool.communicate(timeout=60)
         finally:
             if held is not None:
                 (held / "freezer.state").write_text("THAWED")
@@ -227,5 +227,8 @@ def test_pool_keeps_gpus_until_a_killed_supervisors_processes_are_gone(real: Env
                 wait_until(lambda: not (held / "tasks").read_text().strip(), 5, "the frozen task gone")
                 held.rmdir()
     assert backend.run(second[0])["state"] == "complete", err
+    if "containment: cgroup v2" in out:  # the status view shows what each run used
+        done = next(line for line in out.splitlines() if line.startswith(f"run {second[0]}: complete"))
+        assert "CPU " in done, out
     assert backend.run(first[0])["state"] == "error"
     assert not alive(supervisor)

@@ -204,3 +204,36 @@ def test_kill_of_200_processes_is_complete(run: RunProcesses, tmp_path: Path) ->
     run.kill_all()
     assert run.wait_empty(10)
     proc.wait(5)
+
+
+@pytest.mark.parametrize("usage,shown", [
+    (None, None),
+    (Usage(), None),
+    (Usage(3.25, None), "CPU 3.2s"),
+    (Usage(3.25, 2 * 1024**3), "CPU 3.2s, peak 2.0 GiB"),
+])
+def test_heartbeat_summary_shows_what_the_processes_used(usage: Usage | None, shown: str | None) -> None:
+    from workers.common.spool import ShipperState
+    from workers.heartbeat import summarize
+
+    line = summarize("codex running", 0.0, 10.0, ShipperState(), None, usage)
+    assert line.startswith("codex running for 10s")
+    if shown is None:
+        assert "CPU" not in line and "peak" not in line
+    else:
+        assert line.endswith(shown)
+
+
+def test_live_usage_while_running_then_kept(tmp_path: Path) -> None:
+    procs = rp.open_run(f"usage-{tmp_path.name}", {})
+    if procs.cgroup is None:
+        pytest.skip("no writable cgroup v2 on this machine")
+    procs.save(tmp_path)
+    busy = procs.start(["python3", "-c", "import time\nt=time.process_time()\nwhile time.process_time()-t<0.2: pass"],
+                       env=dict(os.environ))
+    busy.wait(30)
+    live = rp.live_usage(tmp_path)
+    assert live is not None and live.cpu_seconds is not None and live.cpu_seconds >= 0.2
+    final = procs.end(tmp_path)
+    assert final is not None and final.cpu_seconds == pytest.approx(live.cpu_seconds, abs=0.05)
+    assert rp.live_usage(tmp_path) == final == rp.kept_usage(tmp_path)

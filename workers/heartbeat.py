@@ -11,6 +11,7 @@ from pathlib import Path
 from workers.common.backend_client import Backend
 from workers.common.timing import Timing
 from workers.messages import Command, Phase, Stop, unexpected
+from workers.run_processes import Usage, live_usage
 from workers.runtime import Mailbox
 from workers.common.spool import ShipperState, utc_now
 
@@ -33,8 +34,10 @@ def duration(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def summarize(phase: str, codex_started: float | None, now: float, state: ShipperState, last_event_age: float | None) -> str:
-    """One line: what the run is doing, how far the log has got, tokens used."""
+def summarize(phase: str, codex_started: float | None, now: float, state: ShipperState, last_event_age: float | None,
+              usage: Usage | None = None) -> str:
+    """One line: what the run is doing, how far the log has got, tokens used,
+    what the run's processes used."""
     parts = [phase]
     if codex_started is not None and phase.startswith("codex running"):
         parts = [f"codex running for {duration(now - codex_started)}"]
@@ -46,6 +49,8 @@ def summarize(phase: str, codex_started: float | None, now: float, state: Shippe
         parts.append(f"last event {duration(last_event_age)} ago")
     if state.input_tokens or state.output_tokens:
         parts.append(f"tokens {state.input_tokens:,} in / {state.output_tokens:,} out")
+    if usage is not None and usage.short():
+        parts.append(usage.short())
     return ", ".join(parts)
 
 
@@ -83,7 +88,8 @@ def main(mailbox: Mailbox, cfg: HeartbeatConfig) -> None:
             if stopping:
                 break
             state = ShipperState.load(cfg.state_dir)
-            summary = summarize(phase, codex_started, time.time(), state, _age(state.last_event_at))
+            summary = summarize(phase, codex_started, time.time(), state, _age(state.last_event_at),
+                                live_usage(cfg.state_dir))
             due = time.monotonic() + cfg.timing.heartbeat_interval
 
             def sleep(seconds: float) -> bool:

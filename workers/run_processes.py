@@ -21,6 +21,7 @@ Decisions are pure functions over the text of kernel files, tested by table.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -31,6 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
+
+from workers.common.files import write_private
 
 from workers.common.files import write_private
 
@@ -196,6 +199,13 @@ class Usage:
         cpu = "CPU time unavailable" if self.cpu_seconds is None else f"CPU {format_seconds(self.cpu_seconds)}"
         peak = "peak memory unavailable" if self.peak_bytes is None else f"peak memory {format_bytes(self.peak_bytes)}"
         return f"{cpu}, {peak}"
+
+    def short(self) -> str:
+        """What is known, for a status line: "CPU 3.2s, peak 1.5 GiB"; "" if nothing."""
+        parts = [] if self.cpu_seconds is None else [f"CPU {format_seconds(self.cpu_seconds)}"]
+        if self.peak_bytes is not None:
+            parts.append(f"peak {format_bytes(self.peak_bytes)}")
+        return ", ".join(parts)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -380,7 +390,8 @@ class RunProcesses:
         usage = self.usage()
         if state_dir is not None:
             if usage != Usage() or not (state_dir / USAGE).exists():
-                _write_atomic(state_dir / USAGE, usage.to_json())
+                with contextlib.suppress(OSError):  # a full disk: the report still says it
+                    write_private(state_dir / USAGE, usage.to_json())
             else:
                 usage = kept_usage(state_dir) or usage  # an earlier `end` removed the cgroup
         if self.cgroup is not None:
@@ -397,7 +408,7 @@ class RunProcesses:
     def save(self, state_dir: Path) -> None:
         body = {"marker": self.marker, "cgroup": str(self.cgroup) if self.cgroup else None,
                 "owner": self.owner, "owner_start": self.owner_start}
-        _write_atomic(state_dir / RECORD, orjson.dumps(body))
+        write_private(state_dir / RECORD, orjson.dumps(body))
         try:
             (state_dir / USAGE).unlink()
         except FileNotFoundError:
@@ -453,13 +464,6 @@ def _write(path: Path, text: str) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    try:
-        write_private(path, data)  # its temporary stays out of the watched state folder
-    except OSError:
-        pass
 
 
 def _remove_tree(cgroup: Path) -> None:

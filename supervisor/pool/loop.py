@@ -47,7 +47,7 @@ from supervisor.pool.runs_file import RunSpec
 from supervisor.signals import signal_name
 from workers.common.timing import Timing
 from workers.common.wake import WakePipe
-from workers.run_processes import signal_group
+from workers.run_processes import Usage, kept_usage, live_usage, signal_group
 
 View = sv.LiveView | sv.PlainView
 # How long the pool keeps trying to end a run's processes that SIGKILL does not
@@ -90,6 +90,7 @@ class RunSlot:
     # Its supervisor is gone but some process of its run still lives: its
     # GPUs are held back until none does (monotonic time it was first seen).
     lingering_since: float | None = None
+    usage: Usage | None = None  # once its processes are gone
 
     @property
     def log_path(self) -> Path:
@@ -106,7 +107,11 @@ class RunSlot:
                 entries = self.entries
             self.entries = entries
         result = self.result if self.state != states.WAITING else self.why_waiting
-        return sv.RunRow(self.spec.run_id, self.state, elapsed, entries, self.gpus, result)
+        usage = self.usage
+        if usage is None and self.state in (states.RUNNING, states.STOPPING):
+            usage = live_usage(self.state_dir)
+        return sv.RunRow(self.spec.run_id, self.state, elapsed, entries, self.gpus, result,
+                         usage.cpu_seconds if usage else None, usage.peak_bytes if usage else None)
 
 
 class Wakeup:
@@ -236,11 +241,17 @@ class Pool:
                 continue
             if end_run_processes(run.state_dir):
                 run.lingering_since = None
-                self._release(run)
+                self._processes_gone(run)
             elif now - run.lingering_since > LINGER_LIMIT:
                 run.lingering_since = None  # stuck in the kernel: say so, keep its GPUs out of the pool
                 self._view.message(f"run {run.spec.run_id}: some of its processes survive SIGKILL; "
                                    f"its GPUs ({','.join(run.gpus or ()) or 'none'}) stay out of the pool")
+
+    def _processes_gone(self, run: RunSlot) -> None:
+        """Every process of the run is gone: what they used is final, and its
+        GPUs go back to the pool."""
+        run.usage = kept_usage(run.state_dir)
+        self._release(run)
 
     def _release(self, run: RunSlot) -> None:
         if run.gpus is not None:
@@ -311,7 +322,7 @@ class Pool:
         # Its GPUs go to another run only once no process of this one lives
         # (a supervisor SIGKILLed leaves that to its workers, and to us).
         if end_run_processes(run.state_dir):
-            self._release(run)
+            self._processes_gone(run)
         else:
             run.lingering_since = run.ended
         delivered = read_delivered(run.state_dir)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from workers.run_processes import format_bytes, format_seconds
+
 from supervisor.pool.states import CANCELLED, COMPLETE, ERROR, FINAL_STATES, RUNNING, STOPPING, WAITING
 
 
-_HEADERS = ("RUN", "STATE", "ELAPSED", "ENTRIES", "GPUS", "RESULT")
+_HEADERS = ("RUN", "STATE", "ELAPSED", "ENTRIES", "GPUS", "CPU", "PEAK", "RESULT")
 # Running runs first when a terminal is too short for the whole table.
 _SHOW_FIRST = {STOPPING: 0, RUNNING: 1, WAITING: 2, ERROR: 3, CANCELLED: 4, COMPLETE: 5}
 _CLEAR_BELOW = "\x1b[J"
@@ -30,6 +32,9 @@ class RunRow:
     entries: int | None = None
     gpus: tuple[str, ...] | None = None
     result: str = ""
+    # What the run's processes used (from its cgroup); None where unknown.
+    cpu_seconds: float | None = None
+    peak_bytes: int | None = None
 
 
 def format_elapsed(seconds: float | None) -> str:
@@ -58,6 +63,8 @@ def _cells(row: RunRow, max_result: int | None) -> tuple[str, ...]:
         format_elapsed(row.elapsed),
         "-" if row.entries is None else f"{row.entries:,}",
         ",".join(row.gpus) if row.gpus else "-",
+        "-" if row.cpu_seconds is None else format_seconds(row.cpu_seconds),
+        "-" if row.peak_bytes is None else format_bytes(row.peak_bytes),
         _clip(row.result.replace("\n", " "), max_result) or "-",
     )
 
@@ -102,6 +109,10 @@ def plain_line(row: RunRow) -> str:
             details.append(f"after {format_elapsed(row.elapsed)}")
         if row.entries is not None:
             details.append(f"{row.entries:,} entries shipped")
+        if row.cpu_seconds is not None:
+            details.append(f"CPU {format_seconds(row.cpu_seconds)}")
+        if row.peak_bytes is not None:
+            details.append(f"peak memory {format_bytes(row.peak_bytes)}")
         if details:
             text += " " + ", ".join(details)
         if row.result and row.state != COMPLETE:
