@@ -84,6 +84,8 @@ def _mention_leftover_spool(state_dir: Path) -> None:
 @click.option("--server", envvar="FLYWHEEL_SERVER", default=DEFAULT_SERVER, show_default=True,
               help="Flywheel backend base URL (env FLYWHEEL_SERVER).")
 @click.option("--runs", "runs_file", metavar="FILE", help="Run many runs from FILE ('-' = stdin); see README.")
+@click.option("--shard", metavar="K/N", help="With --runs: take every N-th run starting at K (0-based); "
+              "default from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a Slurm job array.")
 @click.option("--max-parallel", type=click.IntRange(min=1), help="At most N runs at a time.")
 @click.option("--gpus-per-run", type=click.IntRange(min=1), help="Give each run K GPUs (CUDA_VISIBLE_DEVICES).")
 @click.option("--heartbeat-interval", type=float, envvar="FLYWHEEL_HEARTBEAT_INTERVAL", callback=_positive,
@@ -93,7 +95,7 @@ def _mention_leftover_spool(state_dir: Path) -> None:
 @click.version_option(__version__, prog_name="flywheel-bootstrap")
 @click.pass_context
 def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path | None, server: str,
-        runs_file: str | None, max_parallel: int | None, gpus_per_run: int | None,
+        runs_file: str | None, shard: str | None, max_parallel: int | None, gpus_per_run: int | None,
         heartbeat_interval: float | None, codex_timeout: float | None) -> None:
     """Run Flywheel jobs with Codex on this machine.
 
@@ -112,14 +114,14 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
         from supervisor.pool.main import run_many
 
         ctx.exit(run_many(runs_file, config, server, max_parallel, gpus_per_run, heartbeat_interval,
-                          codex_timeout))
+                          codex_timeout, shard=shard))
     missing = [name for name, value in (("--run-id (or FLYWHEEL_RUN_ID)", run_id),
                                         ("--token (or FLYWHEEL_RUN_TOKEN)", token),
                                         ("--config", config)) if not value]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)}")
-    if max_parallel is not None or gpus_per_run is not None:
-        raise click.UsageError("--max-parallel and --gpus-per-run only apply with --runs")
+    if max_parallel is not None or gpus_per_run is not None or shard is not None:
+        raise click.UsageError("--max-parallel, --gpus-per-run and --shard only apply with --runs")
     ctx.exit(run_single(run_id, token, config, server, timing))  # type: ignore[arg-type]
 
 

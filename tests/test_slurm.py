@@ -161,9 +161,10 @@ class Job:
             "FAKE_CODEX_GATE": str(self.gate),
         }
 
-    def submit(self, cluster: Cluster, *options: str, mode: str = "gate", gpus_per_run: int = 1) -> str:
+    def submit(self, cluster: Cluster, *options: str, mode: str = "gate", gpus_per_run: int = 1,
+               output: str | None = None) -> str:
         return cluster.submit(
-            "--cpus-per-task=1", f"--output={self.output}", *options,
+            "--cpus-per-task=1", f"--output={output or self.output}", *options,
             SBATCH_EXAMPLE, self.runs_file, self.env.config(),
             env=self.variables(mode, gpus_per_run), cwd=self.env.tmp,
         )
@@ -300,3 +301,26 @@ def test_time_limit_warning_signal_cancels_every_run(
     output = assert_all_cancelled(job, backend, started)
     # The pool exited 143 by itself, long before the limit.
     assert (fields["JobState"], fields["ExitCode"]) == ("FAILED", "143:0"), (fields, output)
+
+
+def test_job_array_runs_every_run_exactly_once(cluster: Cluster, env: Any, backend: LocalBackend) -> None:
+    job = Job(env, backend, count=5)
+    # Task ids 1 and 2 (not from 0): shares 0/2 and 1/2 all the same.
+    job_id = job.submit(cluster, "--array=1-2", "--gres=gpu:2", mode="ok",
+                        output=str(env.tmp / "task-%a.out"))
+    outputs = []
+    for task in ("1", "2"):
+        fields = cluster.wait_end(f"{job_id}_{task}")
+        output = (env.tmp / f"task-{task}.out").read_text()
+        outputs.append(output)
+        assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), (fields, output)
+    assert "shard 0/2 (from SLURM_ARRAY_TASK_ID=1, SLURM_ARRAY_TASK_COUNT=2): 3 of the 5 runs" in outputs[0]
+    assert "shard 1/2 (from SLURM_ARRAY_TASK_ID=2, SLURM_ARRAY_TASK_COUNT=2): 2 of the 5 runs" in outputs[1]
+    ran = sorted(c["env"]["FLYWHEEL_RUN_ID"] for c in codex_starts(job.log))
+    assert ran == sorted(rid for rid, _ in job.runs), ran
+    for rid, _ in job.runs:
+        assert backend.run(rid)["state"] == "complete", outputs
+    # The first task took runs 1, 3, 5 of the file; the second runs 2 and 4.
+    ids = [rid for rid, _ in job.runs]
+    assert [rid for rid in ids if f"run {rid}: complete" in outputs[0]] == ids[0::2], outputs
+    assert [rid for rid in ids if f"run {rid}: complete" in outputs[1]] == ids[1::2], outputs

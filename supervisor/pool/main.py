@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from workers.common.errors import EXIT_SIGINT, ConfigError
+from workers.common.errors import EXIT_OK, EXIT_SIGINT, ConfigError
 from supervisor.pool import gpus as gpu_discovery
 from supervisor.pool import status_view as sv
 from supervisor.pool.decisions import (
@@ -21,17 +21,28 @@ from supervisor.pool.decisions import (
 )
 from supervisor.pool.loop import Pool, PoolSettings, View
 from supervisor.pool.runs_file import RunSpec, read_runs
+from supervisor.pool.shard import parse_shard, shard_from_env, take_share
 from workers.common.files import flywheel_home
 from workers.common.timing import Timing
 from workers.run_processes import containment_in_force, sweep_left_processes
 
 
 def run_many(runs_file: str, config: Path | None, server: str, max_parallel: int | None,
-             gpus_per_run: int | None, heartbeat_interval: float | None, codex_timeout: float | None) -> int:
-    """`flywheel-bootstrap --runs FILE`: read the runs file, then run the pool."""
+             gpus_per_run: int | None, heartbeat_interval: float | None, codex_timeout: float | None,
+             *, shard: str | None = None) -> int:
+    """`flywheel-bootstrap --runs FILE [--shard K/N]`: read the runs file, take this
+    task's share of it, then run the pool."""
+    share = parse_shard(shard) if shard is not None else shard_from_env(os.environ)
     specs, warnings = read_runs(runs_file, sys.stdin, default_config=config, default_server=server)
     for warning in warnings:
         click.echo(f"flywheel-bootstrap: warning: {warning}", err=True)
+    if share is not None:
+        mine = take_share(specs, share)
+        click.echo(f"shard {share} ({share.source}): {len(mine)} of the {len(specs)} runs of {runs_file}")
+        if not mine:
+            click.echo("nothing to run in this shard")
+            return EXIT_OK
+        specs = mine
     return run_pool(
         specs,
         max_parallel=max_parallel,
