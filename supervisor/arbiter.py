@@ -32,6 +32,27 @@ STABLE_AFTER = 5.0
 LIVENESS_CHECK_EVERY = 0.5
 
 
+@dataclass(frozen=True)
+class AfterDeath:
+    """What to do about a worker that died: restart it after `delay` seconds,
+    or give up on it."""
+
+    quick_deaths: int  # deaths in a row, each soon after its start
+    give_up: bool
+    delay: float = 0.0
+
+
+def after_death(quick_deaths: int, lived: float, max_restarts: int) -> AfterDeath:
+    """The restart rule. A worker that lived STABLE_AFTER seconds or more starts
+    a new count; one that keeps dying soon after its start is restarted with a
+    growing delay (the first at once), and given up on after `max_restarts`
+    restarts in a row (gunicorn halts on a boot error instead of respawning)."""
+    deaths = 0 if lived >= STABLE_AFTER else quick_deaths + 1
+    if deaths > max_restarts:
+        return AfterDeath(deaths, give_up=True)
+    return AfterDeath(deaths, give_up=False, delay=0.0 if deaths <= 1 else min(2.0, 0.05 * 2**deaths))
+
+
 class WorkerGaveUp(Exception):
     def __init__(self, name: str, restarts: int, last_exit: str) -> None:
         super().__init__(f"the {name} worker kept dying ({restarts} restarts in a row, last: {last_exit})")
@@ -196,14 +217,14 @@ class Arbiter:
     def _schedule_restart(self, slot: _Slot, why: str) -> None:
         now = time.monotonic()
         slot.last_exit = why
-        lived = now - slot.started_at
-        slot.quick_deaths = 0 if lived >= STABLE_AFTER else slot.quick_deaths + 1
-        if slot.quick_deaths > self.timing.max_restarts:
+        plan = after_death(slot.quick_deaths, now - slot.started_at, self.timing.max_restarts)
+        slot.quick_deaths = plan.quick_deaths
+        if plan.give_up:
             slot.gave_up = True
             slot.process = slot.channels = None
-            self.failures.append(WorkerGaveUp(slot.spec.name, slot.quick_deaths - 1, why))
+            self.failures.append(WorkerGaveUp(slot.spec.name, plan.quick_deaths - 1, why))
             return
-        delay = 0.0 if slot.quick_deaths <= 1 else min(2.0, 0.05 * 2**slot.quick_deaths)
+        delay = plan.delay
         self.notify(f"{slot.spec.name} worker {why}; starting a new one")
         slot.process.join(0)
         slot.process = None

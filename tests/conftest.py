@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.backend_fixture import backend  # noqa: F401  (re-exported fixture)
+from tests.pool_host import host  # noqa: F401  (re-exported fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_CODEX = ROOT / "tests" / "fake_codex"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from supervisor.local_backend import LocalBackend
-from tests.test_pool import codex_starts, wait_codex_starts, wait_gone
+from tests.pool_host import codex_starts, wait_codex_starts, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH_EXAMPLE = ROOT / "examples" / "slurm_bootstrap.sbatch"

@@ -16,6 +16,7 @@ import gc
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,24 @@ class ShipperConfig:
     timing: Timing = field(default_factory=Timing)
     batch_entries: int = 500
     batch_bytes: int = 4 * 1024 * 1024
+
+
+def interleave(markers: Sequence[int], codex_ends: Sequence[int], codex_read: int) -> tuple[list[int], int]:
+    """Where bootstrap's entries go among Codex's lines, so the log reads in the
+    order things happened. Entry k was written when codex.out was `markers[k]`
+    bytes long; Codex's lines end at `codex_ends` (ascending); codex.out was
+    read up to `codex_read`. Returns, for each entry placed, how many of the
+    Codex lines come before it, and how many entries were placed: an entry
+    whose Codex lines were not read yet waits (with every entry after it)."""
+    before: list[int] = []
+    ci = 0
+    for marker in markers:
+        if marker > codex_read:
+            break
+        while ci < len(codex_ends) and codex_ends[ci] <= marker:
+            ci += 1
+        before.append(ci)
+    return before, len(before)
 
 
 class _Stop(Exception):
@@ -112,26 +131,26 @@ class Shipper:
             out.append(encode_entry(now, entry, seq))
             seq += 1
 
+        records: list[tuple[int, int, dict[str, Any]]] = []  # (line start, codex offset, record)
         for b in boot_lines:
             line_start, boot_start = boot_start, b.end
             try:
                 record = orjson.loads(b.data)
                 marker = int(record.pop("codex_offset", 0))
-                if marker > self.codex.offset:
-                    # Codex lines written before this entry are not read yet:
-                    # it waits for them (next step), so the order stays true.
-                    self.boot.rewind(line_start)
-                    break
                 record.pop("final", None)  # written by earlier versions; never shipped
-                extra = record["extra"]
-                extra["run_event_kind"]  # noqa: B018 - a record without it is torn
+                record["extra"]["run_event_kind"]  # noqa: B018 - a record without it is torn
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 continue  # the torn line of a writer killed mid-append
-            # Codex lines that were already written when this entry was come first.
-            while ci < len(codex_lines) and codex_lines[ci].end <= marker:
+            records.append((line_start, marker, record))
+        before, taken = interleave([marker for _, marker, _ in records],
+                                   [line.end for line in codex_lines] if records else [], self.codex.offset)
+        if taken < len(records):
+            self.boot.rewind(records[taken][0])  # it waits for Codex's lines (next step)
+        for (_, _, record), codex_before in zip(records[:taken], before):
+            while ci < codex_before:
                 take_codex(codex_lines[ci])
                 ci += 1
-            extra["seq"] = seq
+            record["extra"]["seq"] = seq
             out.append(orjson.dumps(record))
             seq += 1
         for line in codex_lines[ci:]:
