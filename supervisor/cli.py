@@ -148,6 +148,33 @@ def demo(ctx: click.Context, folder: Path | None, count: int) -> None:
     ctx.exit(run_demo(folder or flywheel_home() / "demo", count, echo=lambda line: click.echo(line)))
 
 
+@cli.command()
+@click.argument("run_id")
+@click.argument("action", type=click.Choice(["take-over", "send", "resume-autonomous"]))
+@click.argument("text", required=False)
+@click.option("--server", envvar="FLYWHEEL_SERVER", default=DEFAULT_SERVER, show_default=True,
+              help="The local backend's URL (env FLYWHEEL_SERVER).")
+@click.option("--wait", default=120.0, show_default=True, type=float, callback=_positive,
+              help="Seconds to wait for the run's acknowledgement.")
+@click.pass_context
+def control(ctx: click.Context, run_id: str, action: str, text: str | None, server: str, wait: float) -> None:
+    """Take over a run, talk to its agent, hand it back (local backend).
+
+    \b
+    flywheel-bootstrap control RUN_ID take-over
+    flywheel-bootstrap control RUN_ID send "try a smaller learning rate"
+    flywheel-bootstrap control RUN_ID resume-autonomous
+    """
+    from supervisor.control_cli import send_control
+
+    if (action == "send") != (text is not None):
+        raise click.UsageError("`send` needs the TEXT to send" if action == "send"
+                               else f"`{action}` takes no TEXT")
+    if text is not None and not text.strip():
+        raise click.UsageError("TEXT is empty")
+    ctx.exit(send_control(server, run_id, action, text, wait, echo=lambda line: click.echo(line)))
+
+
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:

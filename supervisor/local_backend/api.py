@@ -12,6 +12,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from supervisor.local_backend import control
 from supervisor.local_backend.replies import DROP, Reply, Drop, error
 from supervisor.local_backend.faults import FaultState
 from supervisor.local_backend.handlers import HANDLERS, BadRequest, parse_object
@@ -28,7 +29,10 @@ _ROUTES: Mapping[tuple[str, str], str] = {
     ("POST", "complete"): "complete",
     ("POST", "error"): "error",
     ("POST", "github-token"): "github_token",
+    ("GET", "control/poll"): "control_poll",
+    ("POST", "control/ack"): "control_ack",
 }
+_HANDLERS = {**HANDLERS, "control_poll": control.do_poll, "control_ack": control.do_ack}
 
 
 def route_runs(method: str, path: str) -> tuple[str, str] | Reply:
@@ -86,7 +90,7 @@ def answer_run(
     if decision.status is not None:
         store.count_request(run_id, kind)
         return Reply(decision.status, decision.body or {})
-    handler = HANDLERS[kind]
+    handler = _HANDLERS[kind]
 
     def handle(conn: sqlite3.Connection, row: sqlite3.Row) -> Reply:
         return handler(conn, row, body)
@@ -114,9 +118,13 @@ def answer_admin(store: Store, faults: FaultState, method: str, path: str, body:
             return Reply(200, {"run_id": run_id, "token": token})
         return error(405, f"{method} not allowed here")
     if path.startswith("/admin/runs/"):
+        run_id, _, rest = path[len("/admin/runs/") :].partition("/")
+        if rest == "control" or rest.startswith("control/"):
+            return answer_control(store, method, run_id, rest[len("control/") :], body)
+        if rest:
+            return error(404, "no such endpoint")
         if method != "GET":
             return error(405, f"{method} not allowed here")
-        run_id = path[len("/admin/runs/") :]
         try:
             return Reply(200, run_details(store, run_id))
         except KeyError:
@@ -137,6 +145,26 @@ def answer_admin(store: Store, faults: FaultState, method: str, path: str, body:
     return error(404, "no such endpoint")
 
 
+def answer_control(store: Store, method: str, run_id: str, command_id: str, body: bytes) -> Reply:
+    """/admin/runs/{id}/control: POST queues a command, GET lists them (and the
+    polls); /admin/runs/{id}/control/{command_id}: GET one command and its ack."""
+    try:
+        if command_id:
+            if method != "GET":
+                return error(405, f"{method} not allowed here")
+            found = [c for c in store.control(run_id)["commands"] if c["command_id"] == command_id]
+            return Reply(200, found[0]) if found else error(404, f"unknown command {command_id!r}")
+        if method == "GET":
+            return Reply(200, store.control(run_id))
+        if method == "POST":
+            return Reply(200, store.queue_command(run_id, parse_object(body)))
+    except KeyError:
+        return error(404, "unknown run")
+    except BadRequest as exc:
+        return error(400, str(exc))
+    return error(405, f"{method} not allowed here")
+
+
 def run_details(store: Store, run_id: str) -> dict[str, Any]:
     """Everything received for a run; KeyError if unknown."""
     with store.changed:  # one consistent snapshot
@@ -147,4 +175,5 @@ def run_details(store: Store, run_id: str) -> dict[str, Any]:
             "artifacts": store.artifacts(run_id),
             "reports": store.reports(run_id),
             "requests": store.request_counts(run_id),
+            "control": store.control(run_id),
         }

@@ -196,6 +196,30 @@ class LocalBackend:
         """Requests received for the run by kind (KINDS), whatever they were answered."""
         return self._store.request_counts(run_id)
 
+    def queue_command(self, run_id: str, command: str, payload: dict[str, Any] | None = None) -> str:
+        """Queue a control command for the run (SPEC section 15); returns its command_id."""
+        body: dict[str, Any] = {"command": command} if payload is None else {"command": command, "payload": payload}
+        return str(self._store.queue_command(run_id, body)["command_id"])
+
+    def control(self, run_id: str) -> dict[str, Any]:
+        """The run's control commands, oldest first, each with how often it was
+        handed out and its ack; and the run's polls (first_at, last_at, n)."""
+        return self._store.control(run_id)
+
+    def command(self, run_id: str, command_id: str) -> dict[str, Any]:
+        """One control command and its ack; KeyError if unknown."""
+        for command in self.control(run_id)["commands"]:
+            if command["command_id"] == command_id:
+                return command
+        raise KeyError(f"unknown command {command_id!r}")
+
+    def wait_ack(self, run_id: str, command_id: str, timeout: float) -> dict[str, Any]:
+        """Wait until the command is acknowledged; returns it with its ack."""
+        try:
+            return self.wait_for(lambda: (c := self.command(run_id, command_id))["acked_at"] and c, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"command {command_id} of run {run_id} not acknowledged after {timeout} s") from None
+
     def wait_for(self, predicate: Callable[[], T], timeout: float) -> T:
         """Wait until predicate() is truthy, re-checking after every write to the
         store; returns its value. TimeoutError after `timeout` seconds."""

@@ -23,6 +23,8 @@ KINDS = (
     "complete",
     "error",
     "github_token",
+    "control_poll",
+    "control_ack",
 )
 SECRET_KEYS = ("github_token", "wandb_api_key", "hf_token")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

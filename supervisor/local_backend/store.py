@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from workers.common.errors import ConfigError
+from supervisor.local_backend import control
 from supervisor.local_backend.replies import Reply, error
 from supervisor.local_backend.runs import KINDS, SECRET_KEYS, NewRun, new_run_id, now_iso
 from workers.common.redact import MASK
@@ -114,6 +115,7 @@ class Store:
             # A test/demo database: speed over durability after a power cut.
             conn.execute("PRAGMA synchronous=OFF")
             conn.executescript(_SCHEMA)
+            conn.executescript(control.SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"Cannot open the local backend database {db_path}: {exc}. "
@@ -197,6 +199,14 @@ class Store:
             self.changed.notify_all()
             return answer
 
+    def queue_command(self, run_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Queue a control command for a run (KeyError if unknown, BadRequest if malformed)."""
+        with self.changed:
+            self._one_run(run_id)
+            queued = control.queue_command(self._conn, run_id, body)
+            self.changed.notify_all()
+        return queued
+
     # -- reads
 
     def _one_run(self, run_id: str) -> sqlite3.Row:
@@ -276,6 +286,12 @@ class Store:
                 (run_id,),
             ).fetchall()
         return [dict(row) for row in rows]
+
+    def control(self, run_id: str) -> dict[str, Any]:
+        """The run's control commands (oldest first, with their acks) and its polls."""
+        with self.changed:
+            self._one_run(run_id)
+            return {"commands": control.commands(self._conn, run_id), "polls": control.polls(self._conn, run_id)}
 
     def request_counts(self, run_id: str) -> dict[str, int]:
         with self.changed:
