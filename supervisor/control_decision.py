@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from supervisor.outcome import CodexEnd, signal_name
+from supervisor.outcome import CodexEnd
+from supervisor.signals import signal_name
 
 AUTONOMOUS_PROMPT = (
     "Continue autonomously on the active Flywheel task. If all requested work is complete, "

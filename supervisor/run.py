@@ -30,25 +30,39 @@ from supervisor import git_persist
 from supervisor.arbiter import Arbiter, WorkerGaveUp, WorkerSpec
 from supervisor.codex_output import failure_detail, find_thread_id, last_agent_message, last_failure
 from supervisor.codex_process import CodexProcess, exec_argv, resume_argv, stderr_tail
+from supervisor.control_decision import AUTONOMOUS_PROMPT, Ack, Step
 from supervisor.crash import crash_reason, fault_point, write_crash_file
 from supervisor.outcome import Action, CodexEnd, Decision, decide
 from supervisor.preflight import Prepared, codex_env, payload_secrets
 from supervisor.prompt import build_fix_prompt, build_prompt
 from supervisor.report import FlushDeadline, Report, report_for
+from supervisor.run_control import RunControl
 from supervisor.signals import Interrupts
-from workers import artifact_watcher, heartbeat, log_shipper
+from workers import artifact_watcher, control_poller, heartbeat, log_shipper
 from workers.artifacts import ManifestRead, artifact_files, read_manifest
 from workers.common.backend_client import Backend
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_UNREPORTED
 from workers.common.names import MANIFEST_NAME, PROMPT_NAME
 from workers.common.redact import Redactor
 from workers.common.spool import BOOTSTRAP_LOG, CODEX_ERR, CODEX_OUT, EntryLog, terminate_last_line
-from workers.messages import ArtifactsPosted, Drain, Drained, Event, Phase, PostArtifacts, unexpected
+from workers.messages import (
+    ArtifactsPosted,
+    ControlAck,
+    ControlCommand,
+    ControlLive,
+    ControlWarning,
+    Drain,
+    Drained,
+    Event,
+    Phase,
+    PostArtifacts,
+    unexpected,
+)
 from workers.run_processes import RunProcesses, Usage, open_run
 
 AnswerT = TypeVar("AnswerT", ArtifactsPosted, Drained)
 
-SHIPPER, HEARTBEAT, WATCHER = "log-shipper", "heartbeat", "artifact-watcher"
+SHIPPER, HEARTBEAT, WATCHER, CONTROL = "log-shipper", "heartbeat", "artifact-watcher", "control"
 
 
 class Cancelled(Exception):
@@ -86,6 +100,9 @@ class RunSupervisor:
         self.reported = False  # the terminal report was delivered
         # Worker answers not yet taken by `wait_for`, by (type, job).
         self.answers: dict[tuple[type[Event], str], Event] = {}
+        self.control: RunControl | None = None  # made by _start, before the workers
+        self.first_start: int | None = None  # codex.out offset of this start's first Codex
+        self.thread_id: str | None = None
 
     # -- workers ---------------------------------------------------------------
 
@@ -106,6 +123,7 @@ class RunSupervisor:
             WorkerSpec(WATCHER, artifact_watcher.main, (artifact_watcher.WatcherConfig(
                 self.state, p.workspace, *link, secrets=self.secrets, blob_threshold=p.blob_threshold,
                 timing=self.timing),)),
+            WorkerSpec(CONTROL, control_poller.main, (control_poller.ControlConfig(*link, timing=self.timing),)),
         ]
 
     def _poll(self, timeout: float, *extra: Any) -> None:
@@ -122,6 +140,11 @@ class RunSupervisor:
         match event:
             case ArtifactsPosted() | Drained():
                 self.answers[(type(event), event.job)] = event
+            case ControlCommand():
+                assert self.control is not None  # made before the workers
+                self.control.receive(event.command_id, event.command, event.payload)
+            case ControlWarning(text=text):
+                self._notify(text)
             case _:
                 unexpected(event, "the supervisor")
 
@@ -146,11 +169,15 @@ class RunSupervisor:
 
     # -- codex -----------------------------------------------------------------
 
-    def run_codex(self, argv: list[str], stdin: Path | None) -> tuple[CodexEnd, int]:
-        """Start Codex, supervise until it ends; returns how it ended and the
-        codex.out offset where its output starts."""
+    def run_codex(self, argv: list[str], stdin: Path | None, phase: str = "codex running",
+                  after: str = "codex exited, reporting") -> tuple[CodexEnd, int]:
+        """Start Codex, supervise until it ends (applying control commands on
+        the way); returns how it ended and the codex.out offset where its
+        output starts. `phase` and `after` are what the heartbeats say."""
         out = self.state / CODEX_OUT
         start = out.stat().st_size if out.exists() else 0
+        if self.first_start is None:
+            self.first_start = start
         self.log.write("info", "codex exec launched", "command_started", argv=argv[len(self.prep.codex.argv_prefix):-1])
         assert self.procs is not None
         proc = CodexProcess(argv, procs=self.procs, cwd=self.prep.workspace, env=self.env, stdin=stdin,
@@ -159,7 +186,8 @@ class RunSupervisor:
             self._notify(f"codex could not be placed in {self.procs.cgroup}; only its environment marker "
                          "identifies the processes it starts")
         started = time.time()
-        self.arbiter.send(HEARTBEAT, Phase("codex running", started), sticky=True)
+        self.arbiter.send(HEARTBEAT, Phase(phase, started), sticky=True)
+        self.arbiter.send(CONTROL, ControlLive(), sticky=True)
         limit = self.timing.codex_timeout
         deadline = proc.started + limit if limit else None
         end: CodexEnd | None = None
@@ -169,6 +197,7 @@ class RunSupervisor:
                 self._poll(timeout, *proc.waitables())
                 if self.arbiter.failures:
                     raise self.arbiter.failures[0]
+                self._take_commands(proc)
                 if proc.returncode is not None:
                     end = CodexEnd(proc.returncode)
                 elif self.interrupts.received:
@@ -179,21 +208,28 @@ class RunSupervisor:
         finally:
             if end is None:  # a worker gave up: nothing will watch Codex any more
                 proc.terminate(self.timing.kill_grace)
-            # Whatever Codex left running (a setsid daemon, a `nohup … &` job)
-            # must not outlive it, let alone keep holding a GPU.
-            self._end_processes(proc)
+            if self._interactive():
+                # Taken over, or a person's input: only Codex ends; what it
+                # started runs on until the run ends (docs/control-channel.md).
+                proc.signal_group(signal.SIGKILL)
+                proc.popen.wait()
+            else:
+                # Whatever Codex left running (a setsid daemon, a `nohup … &`
+                # job) must not outlive it, let alone keep holding a GPU.
+                self._end_processes(proc)
             proc.close()
         terminate_last_line(out)
         code = end.returncode
         how = f"code {code}" if code >= 0 else f"signal {-code}"
         self.log.write("info" if code == 0 else "error", f"codex exec exited with {how}", "command_finished",
                        exit_code=code, duration_s=round(time.time() - started, 3))
-        self.arbiter.send(HEARTBEAT, Phase("codex exited, reporting"), sticky=True)
+        self.arbiter.send(HEARTBEAT, Phase(after), sticky=True)
         return end, start
 
     def _stop(self, proc: CodexProcess) -> int:
         """SIGTERM to Codex's group, SIGKILL to every process of the run after
-        the grace period — sooner if a second signal arrives."""
+        the grace period — sooner if a second signal arrives. In interactive
+        mode (take_over) only Codex's group: the run goes on."""
         proc.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.timing.kill_grace
         seen = len(self.interrupts.received)
@@ -202,7 +238,10 @@ class RunSupervisor:
             if len(self.interrupts.received) > seen:
                 break
         assert self.procs is not None
-        self.procs.kill_all()
+        if self._interactive():
+            proc.signal_group(signal.SIGKILL)
+        else:
+            self.procs.kill_all()
         return proc.popen.wait()
 
     def _end_processes(self, proc: CodexProcess) -> None:
@@ -269,6 +308,9 @@ class RunSupervisor:
         self.interrupts.install()
         self._open_processes()
         assert self.procs is not None
+        self.control = RunControl(
+            self.state, self._send_ack,
+            lambda level, line: self.log.write(level, line, "codex_event" if level == "info" else "warning"))
         self._arbiter = Arbiter(self.mp, self._specs(), self.timing, self.state, self.procs, self._notify)
         self._arbiter.start()
         fault_point("start")
@@ -296,14 +338,33 @@ class RunSupervisor:
         return prompt_file
 
     def _codex_phase(self, prompt_file: Path) -> tuple[Decision, ManifestRead]:
-        """Run Codex; resume its session once if it exited 0 without artifacts."""
+        """Run Codex; resume its session once if it exited 0 without artifacts.
+        A person may take the run over meanwhile: then it is held (`_hold`)
+        until they hand it back, and the autonomous resume that follows is
+        decided like the first run (docs/control-channel.md)."""
         p = self.prep
         self.echo(f"run {p.settings.run_id}: codex running in {p.workspace}")
         end, start = self.run_codex(exec_argv(p.codex.argv_prefix, p.workspace, p.sandbox), prompt_file)
+        while True:
+            if self._interactive():
+                resumed = self._hold()
+                end, start = resumed if resumed is not None else (CodexEnd(0), None)
+            outcome = self._outcome(end, start)
+            if outcome is not None:
+                self._take_commands(None)  # one that came as Codex ended may still hold the run
+                if not self._interactive():
+                    self._stop_control()
+                    return outcome
+
+    def _outcome(self, end: CodexEnd, start: int | None) -> tuple[Decision, ManifestRead] | None:
+        """Section 13 after an autonomous Codex ended; None when a person took
+        the run over during the resume for a missing manifest."""
+        p = self.prep
         manifest = read_manifest(p.workspace / MANIFEST_NAME)
-        thread_id = find_thread_id(self.state / CODEX_OUT, start) if end.returncode == 0 else None
+        thread_id = find_thread_id(self.state / CODEX_OUT, start) if end.returncode == 0 and start is not None \
+            else None
         tail = ""
-        if end.returncode > 0:
+        if end.returncode > 0 and start is not None:
             tail = failure_detail(stderr_tail(self.state / CODEX_ERR), last_failure(self.state / CODEX_OUT, start))
         decision = decide(end, has_artifacts=has_artifacts(manifest), resumed=False,
                           thread_id_known=bool(thread_id), stderr_tail=self.redactor.text(tail))
@@ -311,18 +372,82 @@ class RunSupervisor:
             return self._resume(end, thread_id, manifest)
         return decision, manifest
 
-    def _resume(self, end: CodexEnd, thread_id: str, manifest: ManifestRead) -> tuple[Decision, ManifestRead]:
+    def _resume(self, end: CodexEnd, thread_id: str,
+                manifest: ManifestRead) -> tuple[Decision, ManifestRead] | None:
         p = self.prep
         fix = build_fix_prompt(manifest.status, manifest.error, manifest.head)
         self.log.write("info", f"no artifacts in {MANIFEST_NAME} ({manifest.status}); resuming codex session "
                        f"{thread_id} once to write them", "codex_event")
         resumed, _ = self.run_codex(resume_argv(p.codex.argv_prefix, p.workspace, p.sandbox, thread_id, fix), None)
+        if self._interactive():
+            return None
         if resumed.cancelled_by or resumed.timed_out_after is not None:
             end = resumed
         manifest = read_manifest(p.workspace / MANIFEST_NAME)
         decision = decide(end, has_artifacts=has_artifacts(manifest), resumed=True, thread_id_known=True,
                           resume_returncode=resumed.returncode)
         return decision, manifest
+
+    # -- control (docs/control-channel.md) -------------------------------------
+
+    def _interactive(self) -> bool:
+        return self.control is not None and self.control.interactive
+
+    def _thread_known(self) -> bool:
+        if self.thread_id is None and self.first_start is not None:
+            self.thread_id = find_thread_id(self.state / CODEX_OUT, self.first_start)
+        return self.thread_id is not None
+
+    def _take_commands(self, proc: CodexProcess | None) -> None:
+        """Apply the control commands that arrived; `proc` is the Codex running now."""
+        if self.control is None or not self.control.inbox:
+            return
+        running = proc is not None and proc.returncode is None
+
+        def stop_codex() -> None:
+            if proc is not None and proc.returncode is None:
+                self._stop(proc)
+
+        self.control.take(running, self._thread_known, stop_codex)
+
+    def _send_ack(self, command_id: str, ack: Ack) -> None:
+        self.arbiter.send(CONTROL, ControlAck(command_id, ack.status.value, ack.detail), sticky=True)
+
+    def _hold(self) -> tuple[CodexEnd, int] | None:
+        """Interactive mode: the run is held (no report; heartbeats say so) and
+        Codex runs only for a person's inputs, until resume_autonomous. Returns
+        the autonomous resume's end and output offset, or None when there was
+        no thread to resume (the run ends as it stands)."""
+        control, p = self.control, self.prep
+        assert control is not None
+        self.echo(f"run {p.settings.run_id}: taken over by a person; interactive until handed back")
+        waiting = "interactive: waiting for input"
+        self.arbiter.send(HEARTBEAT, Phase(waiting), sticky=True)
+        while True:
+            if self.interrupts.received:
+                raise Cancelled()
+            self._take_commands(None)
+            follow = control.next_follow_up()
+            if follow is None:
+                self._poll(1.0)
+                if self.arbiter.failures:
+                    raise self.arbiter.failures[0]
+            elif follow.step is Step.RUN_INPUT and self.thread_id:
+                control.input_started(follow.command_id)
+                end, _ = self.run_codex(resume_argv(p.codex.argv_prefix, p.workspace, p.sandbox, self.thread_id,
+                                                    follow.text), None,
+                                        phase="interactive, input: codex running", after=waiting)
+                control.input_ended(end)
+            elif follow.step is Step.RESUME_AUTONOMOUS and self.thread_id:
+                self.echo(f"run {p.settings.run_id}: handed back; codex resumes autonomously")
+                return self.run_codex(resume_argv(p.codex.argv_prefix, p.workspace, p.sandbox, self.thread_id,
+                                                  AUTONOMOUS_PROMPT), None)
+            else:
+                return None
+
+    def _stop_control(self) -> None:
+        """The run is ending: stop polling, once the acks on their way are delivered (bounded)."""
+        self.arbiter.stop([CONTROL], timeout=min(5.0, self.timing.flush_timeout))
 
     def _post_artifacts(self) -> None:
         job = f"artifacts-{time.time_ns()}"  # a restarted run posts its artifacts again
@@ -380,6 +505,7 @@ class RunSupervisor:
     def _finish(self, decision: Decision) -> int:
         """Deliver every entry, then the terminal report, then stop heartbeats."""
         fault_point("finish")
+        self._stop_control()
         self._close_processes()
         if self.interrupts.received and (decision.action is not Action.ERROR or decision.codex_signalled):
             decision = self._cancelled()

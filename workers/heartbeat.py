@@ -39,8 +39,8 @@ def summarize(phase: str, codex_started: float | None, now: float, state: Shippe
     """One line: what the run is doing, how far the log has got, tokens used,
     what the run's processes used."""
     parts = [phase]
-    if codex_started is not None and phase.startswith("codex running"):
-        parts = [f"codex running for {duration(now - codex_started)}"]
+    if codex_started is not None and "codex running" in phase:
+        parts = [phase.replace("codex running", f"codex running for {duration(now - codex_started)}", 1)]
     parts.append(f"{state.delivered:,} log entries shipped")
     backlog = state.next_seq - 1 - state.delivered
     if backlog > 0:

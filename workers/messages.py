@@ -56,7 +56,24 @@ class Drain:
     job: str
 
 
-Command = Stop | Phase | PostArtifacts | Drain
+@dataclass(frozen=True)
+class ControlLive:
+    """To the control worker: Codex has started, so the run is live: poll the
+    backend for control commands from now on (the first poll at once)."""
+
+
+@dataclass(frozen=True)
+class ControlAck:
+    """To the control worker: deliver this ack of a control command (SPEC
+    section 15), retried like telemetry until the backend answers. Sent
+    sticky, so a replacement worker delivers what its predecessor had not."""
+
+    command_id: str
+    status: str  # applied | ignored | failed
+    detail: str
+
+
+Command = Stop | Phase | PostArtifacts | Drain | ControlLive | ControlAck
 
 # ------------------------------------------------------------------ events
 
@@ -78,7 +95,26 @@ class Drained:
     delivered: int
 
 
-Event = ArtifactsPosted | Drained
+@dataclass(frozen=True)
+class ControlCommand:
+    """From the control worker: the backend handed out this command (each id
+    forwarded once per worker incarnation); the supervisor applies it at most
+    once per run and answers with `ControlAck`."""
+
+    command_id: str
+    command: object  # as the backend sent it: normally a str, checked by the decision
+    payload: object
+
+
+@dataclass(frozen=True)
+class ControlWarning:
+    """From the control worker: something to tell the person once (no control
+    channel on the backend, a refused poll or ack); logged as a warning."""
+
+    text: str
+
+
+Event = ArtifactsPosted | Drained | ControlCommand | ControlWarning
 
 
 def unexpected(message: object, where: str) -> NoReturn:

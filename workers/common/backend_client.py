@@ -108,6 +108,20 @@ class Backend:
             return Answer(0)
         return Answer(r.status_code, content)
 
+    def get_once(self, path: str, read_timeout: float | None = None) -> Answer:
+        """One GET on the kept-alive connection; transport failures come back as Answer(0)."""
+        request = self._prepared.get("GET " + path)
+        if request is None:
+            request = self._session.prepare_request(requests.Request("GET", self.base + path))
+            self._prepared["GET " + path] = request
+        timeout = self._timeout if read_timeout is None else (self.timing.connect_timeout, read_timeout)
+        try:
+            r = self._adapter.send(request, timeout=timeout)
+            content = r.content
+        except requests.RequestException:
+            return Answer(0)
+        return Answer(r.status_code, content)
+
     def post(
         self,
         path: str,

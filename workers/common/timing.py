@@ -33,6 +33,10 @@ class Timing:
     read_timeout: float = 30.0
     # A worker that keeps dying is given up on after this many restarts in a row.
     max_restarts: int = 10
+    # Control channel (SPEC section 15): poll this often; a backend without one
+    # (404/405) is asked again only this often.
+    control_poll_interval: float = 1.0
+    control_absent_retry: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: float | int | None) -> "Timing":
