@@ -250,7 +250,11 @@ class RunSupervisor:
         self.procs.kill_all()
         proc.popen.wait()
         if not self.procs.wait_empty(self.timing.kill_grace):
-            self._notify(f"some processes of the run are still alive after SIGKILL: {self.procs.members()[:10]}")
+            self._say_survivors()
+
+    def _say_survivors(self) -> None:
+        assert self.procs is not None
+        self._notify(f"some processes of the run are still alive after SIGKILL: {self.procs.members()[:10]}")
 
     def _open_processes(self) -> None:
         """The run's containment, said once (stderr and a log entry), and kept
@@ -267,7 +271,7 @@ class RunSupervisor:
         assert self.procs is not None
         usage = self.procs.end(self.state, self.timing.kill_grace)
         if usage is None:
-            self._notify(f"some processes of the run are still alive after SIGKILL: {self.procs.members()[:10]}")
+            self._say_survivors()
         else:
             self.usage = usage
 

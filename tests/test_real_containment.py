@@ -23,7 +23,13 @@ from supervisor.local_backend import LocalBackend
 from tests.conftest import ROOT, Env
 from tests.fake_model_server import Exec, FakeModelServer, Say
 from tests.faultkit import alive, wait_until, workers
-from tests.test_real_codex import REAL_CODEX, SKIP_REASON, config_for, leftover_processes, wait_no_processes
+from tests.test_real_codex import (
+    REAL_CODEX,
+    SKIP_REASON,
+    config_for,
+    leftover_processes,
+    wait_no_processes,
+)
 
 pytestmark = [
     pytest.mark.real_codex,

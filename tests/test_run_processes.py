@@ -132,7 +132,7 @@ def test_kill_all_ends_every_shape(run: RunProcesses, tmp_path: Path) -> None:
 def test_end_keeps_usage_and_removes_cgroup_and_record(run: RunProcesses, tmp_path: Path) -> None:
     run.save(tmp_path)
     assert RunProcesses.load(tmp_path) == run
-    proc, pids = start_shapes(run, tmp_path)
+    proc, _ = start_shapes(run, tmp_path)
     assert run.end(tmp_path, timeout=5)
     proc.wait(5)
     assert not (tmp_path / rp.RECORD).exists()

@@ -35,8 +35,6 @@ import orjson
 
 from workers.common.files import write_private
 
-from workers.common.files import write_private
-
 MARKER_VAR = "FLYWHEEL_RUN_MARKER"
 # "marker" forces the fallback (for tests, or a host whose cgroups misbehave).
 ENGINE_VAR = "FLYWHEEL_CONTAINMENT"
@@ -297,7 +295,10 @@ class RunProcesses:
                 preexec()
 
         try:
-            return subprocess.Popen(list(argv), env=self.child_env(env), preexec_fn=setup, **popen)  # type: ignore[call-overload]
+            # preexec_fn: the standard library has no CLONE_INTO_CGROUP; the
+            # supervisor starts Codex from its only thread.
+            return subprocess.Popen(list(argv), env=self.child_env(env),  # type: ignore[call-overload]
+                                    preexec_fn=setup, **popen)  # noqa: PLW1509
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -514,7 +515,7 @@ def _can_enter(path: Path) -> bool:
             try:
                 os.write(fd, b"0")
                 os._exit(0)
-            except BaseException:
+            except OSError:
                 os._exit(1)
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status) == 0
@@ -546,7 +547,7 @@ def sweep_stale(state_root: Path, timeout: float = 5.0) -> list[str]:
     """End the processes of runs whose supervisor died whole (nobody was left
     to do it), found by the records in every run's state folder below
     `state_root`. Returns the run ids swept."""
-    swept = []
+    swept: list[str] = []
     try:
         folders = [p for p in state_root.iterdir() if p.is_dir()]
     except OSError:
