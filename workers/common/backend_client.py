@@ -18,6 +18,7 @@ import requests
 
 from workers.common.backoff import backoff_delay
 from workers.common.errors import BackendUnavailable, ConfigError
+from workers.common.lean_http import LeanPoster, OneWriteAdapter, TransportError
 from workers.common.timing import Timing
 
 RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
@@ -72,14 +73,15 @@ class Backend:
         self.timing = timing
         self._timeout = (timing.connect_timeout, timing.read_timeout)
         self._session = requests.Session()
+        for scheme in ("http://", "https://"):
+            self._session.mount(scheme, OneWriteAdapter())
         self._session.headers.update(
             {"X-Run-Token": token, "Content-Type": "application/json", "Accept": "application/json"}
         )
         self._session.trust_env = False  # a proxy env var must not reroute loopback traffic
-        # No redirects are followed (the adapter never does): a redirect could
-        # carry the token to another host.
-        self._adapter = self._session.get_adapter(self.base)
-        self._prepared: dict[str, requests.PreparedRequest] = {}
+        # Telemetry posts skip requests' per-call layer (lean_http); neither
+        # path follows a redirect: it could carry the token to another host.
+        self._poster = LeanPoster(self._session, self.base, timing.connect_timeout, timing.read_timeout)
 
     def close(self) -> None:
         self._session.close()
@@ -93,20 +95,11 @@ class Backend:
     def post_once(self, path: str, body: bytes | dict[str, Any]) -> Answer:
         """One attempt. Transport failures come back as Answer(0) with no exception."""
         data = body if isinstance(body, bytes) else orjson.dumps(body)
-        request = self._prepared.get(path)
-        if request is None:
-            # Prepared once per path: merging session settings, cookies and
-            # proxies on every call costs more than the request on loopback.
-            request = self._session.prepare_request(requests.Request("POST", self.base + path, data=b"{}"))
-            self._prepared[path] = request
-        request.body = data
-        request.headers["Content-Length"] = str(len(data))
         try:
-            r = self._adapter.send(request, timeout=self._timeout)
-            content = r.content
-        except requests.RequestException:
+            status, content = self._poster.post(path, data)
+        except TransportError:
             return Answer(0)
-        return Answer(r.status_code, content)
+        return Answer(status, content)
 
     def get_once(self, path: str, read_timeout: float | None = None) -> Answer:
         """One GET on the kept-alive connection; transport failures come back as Answer(0)."""
