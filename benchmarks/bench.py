@@ -45,10 +45,13 @@ from supervisor.local_backend import LocalBackend
 
 ORIGINAL = "flywheel-bootstrap==0.1.9.202602081117"
 STEADY_CODEX = ROOT / "benchmarks" / "steady_codex.py"
+BARE_CLIENT = ROOT / "benchmarks" / "bare_client.py"
+# The bare client's batch: the log-shipper's own (ShipperConfig.batch_entries).
+BARE_BATCH = 500
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # In the cmdline of every fake-codex process (the wrapper on PATH, then the script).
 CODEX_MARKS = ("steady_codex", "/bin/codex ")
-SECTIONS = ("throughput", "codex", "latency", "overhead", "runs")
+SECTIONS = ("throughput", "codex", "latency", "overhead", "runs", "idle_runs")
 
 
 # --------------------------------------------------------------- settings
@@ -362,6 +365,8 @@ class Bench:
         done = max(t for t in (last_entry, report_at, start) if t is not None) if report_at else time.time()
         times = self._times(run_id) or {}
         printing = times["end"] - times["start"] if "end" in times else None
+        if "start" in times:
+            extra["first_line"] = times["start"] - start  # what Codex's first line waited for
         extra.update(cpu_by_pid={p: round(v, 2) for p, v in sorted(sampler.cpu.items())},
                      hwm_by_pid={p: round(v / 1024) for p, v in sorted(sampler.hwm.items())})
         result = RunResult(tool_name, label, run_id, proc.returncode, state, done - start, entries, printing,
@@ -372,6 +377,26 @@ class Bench:
             self.log(f"  !! {tool_name} {label}: exit {proc.returncode}, state {state}; output tail:\n{tail}")
         self.results.append(result)
         return result
+
+    def bare(self, lines: int, batch: int, delay_ms: float = 0) -> dict[str, Any]:
+        """The bare client (bare_client.py) delivering `lines` entries: wall
+        from its process start to the backend storing the last one (as for the
+        tools), and its steady rate (first request to last answer)."""
+        run_id, token = self.backend.create_run(prompt="Benchmark run.", log_batch=batch > 1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL_", "BENCH_"))}
+        self.backend.set_faults(delay_ms=delay_ms)
+        try:
+            start = time.time()
+            out = subprocess.run([sys.executable, str(BARE_CLIENT), self.backend.url, run_id, str(lines), str(batch)],
+                                 env={**env, "BENCH_TOKEN": token}, stdout=subprocess.PIPE, check=True, timeout=900)
+        finally:
+            self.backend.clear_faults()
+        own = json.loads(out.stdout)
+        entries, last, _ = self.stored(run_id)
+        wall = (last or own["end"]) - start
+        return {"entries": entries, "wall": wall, "rate": entries / wall if wall > 0 else 0.0,
+                "steady_rate": entries / max(1e-9, own["end"] - own["first_send"]),
+                "startup": own["first_send"] - start, "cpu": own["cpu"]}
 
     def stored(self, run_id: str) -> tuple[int, float | None, float | None]:
         """(entries stored, when the last one was, when the terminal report was)."""
@@ -508,17 +533,21 @@ class Row:
     unit: str
     target: str = ""
     fmt: str = "{:,.0f}"
+    bare: float | None = None  # the same figure for the bare client (bare_client.py), where it has one
 
 
 def table(rows: list[Row]) -> str:
-    out = ["| metric | ours | original | ours/original | target |", "| --- | ---: | ---: | ---: | --- |"]
+    out = ["| metric | ours | original | bare client | ours/original | ours/bare | target |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+
+    def shown(r: float | None) -> str:
+        return "n/a" if r is None else (f"{r:,.2f}×" if r >= 0.01 else f"{r:.4f}×")
+
     for row in rows:
         unit = row.unit if row.unit in ("", "×", "/s") else f" {row.unit}"
-        ours = "n/a" if row.ours is None else row.fmt.format(row.ours) + unit
-        orig = "n/a" if row.original is None else row.fmt.format(row.original) + unit
-        r = ratio(row.ours, row.original)
-        shown = "n/a" if r is None else (f"{r:,.2f}×" if r >= 0.01 else f"{r:.4f}×")
-        out.append(f"| {row.metric} | {ours} | {orig} | {shown} | {row.target} |")
+        ours, orig, bare = ("" if v is None else row.fmt.format(v) + unit for v in (row.ours, row.original, row.bare))
+        out.append(f"| {row.metric} | {ours or 'n/a'} | {orig or 'n/a'} | {bare} | {shown(ratio(row.ours, row.original))} "
+                   f"| {shown(ratio(row.ours, row.bare)) if row.bare is not None else ''} | {row.target} |")
     return "\n".join(out)
 
 
@@ -537,37 +566,75 @@ class Session:
         self.notes: list[str] = []
         # (tool, size, log_batch) -> runs, shared by the throughput and codex sections
         self.bulk: dict[tuple[str, int, bool], list[RunResult]] = {}
+        self.bare: dict[tuple[int, int], list[dict[str, Any]]] = {}  # (lines, batch) -> bare client runs
 
     def _describe(self, r: RunResult) -> str:
         return (f"{r.entries:,} entries in {r.wall:.2f} s = {r.rate:,.0f}/s; codex printed in {fmt_s(r.printing)}; "
                 f"CPU s: tool {r.tool_cpu:.2f} {list(r.extra['cpu_by_pid'].values())}, backend {r.backend_cpu:.2f}; "
                 f"peak RSS {r.hwm_mb:.0f} MB {list(r.extra['hwm_by_pid'].values())}, PSS {r.pss_mb:.0f} MB")
 
+    def _reps(self, tool: str, lines: int, log_batch: bool) -> int:
+        one_per_request = tool == "original" or not log_batch
+        return self.plan.long_reps if one_per_request and lines >= 50_000 else self.plan.reps
+
+    def _bulk_run(self, tool: str, lines: int, log_batch: bool) -> RunResult:
+        r = self.bench.run(tool, f"{lines}-{onoff(log_batch)}", lines=lines, log_batch=log_batch,
+                           timeout=max(300, lines / 100))
+        found = self.bulk.setdefault((tool, lines, log_batch), [])
+        found.append(r)
+        self.log(f"  {tool:8} {lines:>7,} lines, log_batch {onoff(log_batch):3}, rep {len(found)}: " + self._describe(r)
+                 + f"; first Codex line after {r.extra.get('first_line', float('nan')):.3f} s")
+        return r
+
     def _bulk(self, tool: str, lines: int, log_batch: bool) -> list[RunResult]:
         key = (tool, lines, log_batch)
-        if key not in self.bulk:
-            one_per_request = tool == "original" or not log_batch
-            reps = self.plan.long_reps if one_per_request and lines >= 50_000 else self.plan.reps
-            found = []
-            for i in range(reps):
-                r = self.bench.run(tool, f"{lines}-{onoff(log_batch)}", lines=lines, log_batch=log_batch,
-                                   timeout=max(300, lines / 100))
-                self.log(f"  {tool:8} {lines:>7,} lines, log_batch {onoff(log_batch):3}, rep {i + 1}: "
-                         + self._describe(r))
-                found.append(r)
-            self.bulk[key] = found
+        while len(self.bulk.get(key, ())) < self._reps(tool, lines, log_batch):
+            self._bulk_run(tool, lines, log_batch)
         return self.bulk[key]
 
+    def _bare_run(self, lines: int, batch: int) -> dict[str, Any]:
+        r = self.bench.bare(lines, batch)
+        found = self.bare.setdefault((lines, batch), [])
+        found.append(r)
+        self.log(f"  bare     {lines:>7,} lines, batch {batch:3}, rep {len(found)}: {r['entries']:,} entries in "
+                 f"{r['wall']:.2f} s = {r['rate']:,.0f}/s (steady {r['steady_rate']:,.0f}/s, first request after "
+                 f"{r['startup']:.3f} s, CPU {r['cpu']:.2f} s)")
+        return r
+
     def throughput(self) -> None:
-        self.log("== throughput: lines printed at full speed, backend at 0 ms")
+        self.log("== throughput: lines printed at full speed, backend at 0 ms (interleaved with the bare client)")
         for lines in self.plan.sizes:
+            # One of each per round, so a burst of load on the machine hits all alike.
+            for rnd in range(self.plan.reps):
+                for tool, log_batch in (("bare", False), ("ours", False), ("original", False), ("bare", True),
+                                        ("ours", True)):
+                    reps = self._reps("ours" if tool == "bare" else tool, lines, log_batch)
+                    if rnd >= reps:
+                        continue
+                    if tool == "bare":
+                        self._bare_run(lines, BARE_BATCH if log_batch else 1)
+                    else:
+                        self._bulk_run(tool, lines, log_batch)
             original = self._bulk("original", lines, False)
             for log_batch in (False, True):
                 ours = self._bulk("ours", lines, log_batch)
+                bare = self.bare[(lines, BARE_BATCH if log_batch else 1)]
                 self.rows.append(Row(
                     f"delivered entries/s, {lines:,} lines, log_batch {onoff(log_batch)}",
                     median(r.rate for r in ours), median(r.rate for r in original), "/s",
-                    "≥ 30×" if log_batch else "≥ 2×"))
+                    "≥ 0.8× bare", bare=median(r["rate"] for r in bare)))
+                self.rows.append(Row(
+                    f"  until all {lines:,} entries are stored (start-up included)", median(r.wall for r in ours),
+                    median(r.wall for r in original), "s", "≤ 1.5× bare" if log_batch else "", "{:.2f}",
+                    bare=median(r["wall"] for r in bare)))
+                self.rows.append(Row(
+                    "  start-up: Codex's first line (bare client: its first request) after",
+                    median(r.extra.get("first_line") for r in ours), median(r.extra.get("first_line") for r in original),
+                    "s", "", "{:.3f}", bare=median(r["startup"] for r in bare)))
+                self.notes.append(
+                    f"Bare client, {lines:,} lines, {'batches of ' + str(BARE_BATCH) if log_batch else 'one per request'}: "
+                    f"steady {median(r['steady_rate'] for r in bare):,.0f} entries/s (first request to last answer), "
+                    f"CPU {median(r['cpu'] for r in bare):.2f} s.")
         biggest = max(self.plan.sizes)
         original = self._bulk("original", biggest, False)
         for log_batch in (False, True):
