@@ -67,16 +67,17 @@ class Plan:
     slow_lines: int  # printed with the backend at 50 ms/request
     slow_rate: float
     latency_seconds: float
-    latency_rate: float
+    latency_rate: float  # lines/s for log_batch on (and the original)
+    latency_rate_single: float  # lines/s for one entry per request: a rate it can sustain
     idle_window: float
     runs_counts: tuple[int, ...]
     runs_reps: int
 
 
 QUICK = Plan(reps=1, long_reps=1, sizes=(20_000,), slow_lines=500, slow_rate=1000.0,
-             latency_seconds=3.0, latency_rate=1000.0, idle_window=10.0, runs_counts=(1, 4, 16), runs_reps=1)
+             latency_seconds=3.0, latency_rate=1000.0, latency_rate_single=250.0, idle_window=10.0, runs_counts=(1, 4, 16), runs_reps=1)
 FULL = Plan(reps=3, long_reps=1, sizes=(20_000, 100_000), slow_lines=500, slow_rate=1000.0,
-            latency_seconds=10.0, latency_rate=1000.0, idle_window=60.0, runs_counts=(1, 4, 16), runs_reps=2)
+            latency_seconds=10.0, latency_rate=1000.0, latency_rate_single=250.0, idle_window=60.0, runs_counts=(1, 4, 16), runs_reps=2)
 
 
 @dataclass(frozen=True)
@@ -482,6 +483,49 @@ class Bench:
                 "cpu": reaped_cpu() - tree_cpu}
 
 
+def idle_many(bench: Bench, count: int, window: float) -> dict[str, Any]:
+    """`count` runs of ours in one `--runs` pool, all with Codex idle (the fake
+    prints a few lines, then nothing): CPU of every process of the tool (pool,
+    supervisors, workers; not Codex) over `window` seconds, and their summed PSS."""
+    run_dir = bench._new_dir(f"ours-idle{count}")
+    config = bench._config(run_dir)
+    created = [bench.backend.create_run(prompt="Benchmark run.") for _ in range(count)]
+    env = bench._tool_env("ours", bench._env(run_dir, {"BENCH_LINES": "20", "BENCH_IDLE": str(window + 15)}))
+    runs_file = run_dir / "runs.txt"
+    runs_file.write_text("".join(f"{rid} {tok}\n" for rid, tok in created))
+    runs_file.chmod(0o600)
+    found: dict[str, Any] = {}
+    with open(run_dir / "output.log", "wb") as out:
+        proc = subprocess.Popen([*bench.tools["ours"].argv, "--runs", str(runs_file), "--config", str(config),
+                                 "--server", bench.backend.url], env=env, cwd=run_dir, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out)
+        try:
+            sampler = TreeSampler(proc.pid)
+            deadline = time.time() + 120
+            while not all((bench.times / f"{rid}.idle").exists() for rid, _ in created):
+                if proc.poll() is not None or time.time() > deadline:
+                    bench.log(f"  !! idle runs: not every run reached its idle period")
+                    return found
+                time.sleep(0.1)
+            time.sleep(3.0)  # the lines before the pause are shipped; start-up work is done
+            pids = sampler.tool_pids()
+            before = {p: cpu_seconds(p, children=True) for p in pids}
+            t0 = time.monotonic()
+            time.sleep(window)
+            pids = sampler.tool_pids()
+            elapsed = time.monotonic() - t0
+            used = sum((cpu_seconds(p, children=True) or 0.0) - (before.get(p) or 0.0) for p in pids)
+            pss = sum(pss_kib(p) for p in pids) / 1024
+            found = {"cpu_pct_per_run": used / elapsed * 100 / count, "pss_mb_per_run": pss / count,
+                     "processes": len(pids), "window": elapsed}
+            proc.wait(window + 120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return found
+
+
 def idle_cpu(bench: Bench, proc: subprocess.Popen[bytes], sampler: TreeSampler, run_id: str,
              window: float) -> dict[str, Any]:
     """CPU of the tool's processes over `window` seconds while the fake codex
@@ -679,6 +723,8 @@ class Session:
                          f"all delivered after {r.wall:.1f} s")
                 found.append(r)
             slow[(tool, log_batch)] = found
+        bare_slow = {batch: [self.bench.bare(lines, batch, delay_ms=50) for _ in range(plan.reps)]
+                     for batch in (1, BARE_BATCH)}
         original = median(r.printing for r in slow[("original", False)])
         for log_batch in (False, True):
             ours = median(r.printing for r in slow[("ours", log_batch)])
@@ -688,34 +734,44 @@ class Session:
             self.rows.append(Row("  slowdown vs Codex alone", ratio(ours, alone), ratio(original, alone), "×",
                                  "ours ≤ 1.1×", "{:.2f}"))
             self.rows.append(Row(f"  until all {lines} lines are stored", median(r.wall for r in slow[("ours", log_batch)]),
-                                 median(r.wall for r in slow[("original", False)]), "s", "", "{:.1f}"))
+                                 median(r.wall for r in slow[("original", False)]), "s", "", "{:.1f}",
+                                 bare=median(r["wall"] for r in bare_slow[BARE_BATCH if log_batch else 1])))
+        self.notes.append(f"Backend at 50 ms per request: SPEC 8 sends no entry before every smaller seq was "
+                          f"accepted, so one entry per request is bounded by {lines} round trips "
+                          f"({lines} x 50 ms = {lines * 0.05:.0f} s) for any client, the bare one included.")
 
     def latency(self) -> None:
         self.log("== latency: printed -> stored")
         plan = self.plan
-        lines = int(plan.latency_seconds * plan.latency_rate)
-        found: dict[tuple[str, bool], tuple[float | None, float | None]] = {}
-        for tool, log_batch in (("original", False), ("ours", False), ("ours", True)):
+        found: dict[tuple[str, bool, float], tuple[float | None, float | None]] = {}
+        # One entry per request at 1,000 lines/s is past what it can sustain on
+        # a small machine (the queue only grows); so also at a rate it can.
+        cases = [("original", False, plan.latency_rate), ("ours", False, plan.latency_rate),
+                 ("ours", False, plan.latency_rate_single), ("ours", True, plan.latency_rate)]
+        for tool, log_batch, rate in cases:
+            lines = int(plan.latency_seconds * rate)
             p50s, p99s = [], []
             for i in range(plan.reps):
                 r = self.bench.run(tool, f"latency-{onoff(log_batch)}", lines=lines, log_batch=log_batch,
-                                   rate=plan.latency_rate, timeout=600)
+                                   rate=rate, timeout=600)
                 lat = [x * 1000 for x in self.bench.latencies(r.run_id)]
                 p50, p99 = percentile(lat, 50), percentile(lat, 99)
-                self.log(f"  {tool:8} {lines:,} lines at {plan.latency_rate:,.0f}/s, log_batch {onoff(log_batch):3}, "
+                self.log(f"  {tool:8} {lines:,} lines at {rate:,.0f}/s, log_batch {onoff(log_batch):3}, "
                          f"rep {i + 1}: p50 {p50 or 0:,.1f} ms, p99 {p99 or 0:,.1f} ms, "
                          f"max {max(lat, default=0):,.1f} ms ({len(lat):,} lines)")
                 p50s.append(p50)
                 p99s.append(p99)
-            found[(tool, log_batch)] = (median(p50s), median(p99s))
-        original = found[("original", False)]
-        for log_batch in (False, True):
-            ours = found[("ours", log_batch)]
+            found[(tool, log_batch, rate)] = (median(p50s), median(p99s))
+        original = found[("original", False, plan.latency_rate)]
+        for tool, log_batch, rate in cases[1:]:
+            ours = found[(tool, log_batch, rate)]
             mode = onoff(log_batch)
-            self.rows.append(Row(f"latency p50 at {plan.latency_rate:,.0f} lines/s, log_batch {mode}",
+            self.rows.append(Row(f"latency p50 at {rate:,.0f} lines/s, log_batch {mode}",
                                  ours[0], original[0], "ms", "", "{:,.1f}"))
-            self.rows.append(Row(f"latency p99 at {plan.latency_rate:,.0f} lines/s, log_batch {mode}",
-                                 ours[1], original[1], "ms", "≤ 250 ms", "{:,.1f}"))
+            self.rows.append(Row(f"latency p99 at {rate:,.0f} lines/s, log_batch {mode}",
+                                 ours[1], original[1], "ms", "≤ 50 ms" if log_batch else "", "{:,.1f}"))
+        self.notes.append(f"Latency: the original is measured at {plan.latency_rate:,.0f} lines/s only; every "
+                          "latency row compares with that.")
 
     def overhead(self) -> None:
         self.log("== overhead while Codex is idle")
@@ -739,6 +795,21 @@ class Session:
         self.notes.append(f"Processes per run: ours {ours.processes} (supervisor and 3 workers), "
                           f"original {orig.processes}.")
 
+    def idle_runs(self) -> None:
+        self.log("== idle runs: 16 runs in one --runs pool, Codex idle")
+        window = self.plan.idle_window
+        found = []
+        for i in range(self.plan.runs_reps):
+            r = idle_many(self.bench, 16, window)
+            if r:
+                self.log(f"  ours     16 idle runs, rep {i + 1}: CPU {r['cpu_pct_per_run']:.3f}% of a core per run over "
+                         f"{r['window']:.0f} s, PSS {r['pss_mb_per_run']:.1f} MB per run ({r['processes']} processes)")
+                found.append(r)
+        self.rows.append(Row("16 idle runs in one pool: CPU per run", median(r["cpu_pct_per_run"] for r in found),
+                             None, "% of a core", "< 0.5%", "{:.3f}"))
+        self.rows.append(Row("  PSS per run (pool included)", median(r["pss_mb_per_run"] for r in found), None, "MB",
+                             "< 60 MB", "{:.1f}"))
+
     def runs(self) -> None:
         self.log("== --runs scaling (mock runs)")
         for count in self.plan.runs_counts:
@@ -753,6 +824,8 @@ class Session:
             ours, orig = results["ours"], results["original"]
             self.rows.append(Row(f"{count} mock run{'s' if count > 1 else ''} in parallel: wall time",
                                  median(r["wall"] for r in ours), median(r["wall"] for r in orig), "s", "", "{:.2f}"))
+            self.rows.append(Row("  CPU per run (every process, start to end)", median(r["cpu"] / count for r in ours),
+                                 median(r["cpu"] / count for r in orig), "s", "≤ 0.12 s", "{:.2f}"))
             self.rows.append(Row("  peak memory (RSS summed over processes)", median(r["rss_mb"] for r in ours),
                                  median(r["rss_mb"] for r in orig), "MB",
                                  f"PSS {median(r['pss_mb'] for r in ours):,.0f} MB vs "

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Timeout
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Retry, Timeout
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError
 
@@ -97,6 +97,9 @@ class LeanPoster:
         headers.pop("Connection", None)  # HTTP/1.1 keeps connections alive anyway
         self._headers = headers
         self._timeout = Timeout(connect=connect_timeout, read=read_timeout)
+        # Made once (urlopen would make one per call): no retry here (the
+        # caller decides), errors raised as they are, no redirect followed.
+        self._retries = Retry(False, redirect=False)
         self._pool: HTTPConnectionPool | None = None
 
     def _current_pool(self) -> HTTPConnectionPool:
@@ -113,13 +116,16 @@ class LeanPoster:
 
     def post(self, path: str, data: bytes) -> tuple[int, bytes]:
         """(status, body) of one POST to base + path; raises TransportError."""
-        headers = {**self._headers, "Content-Length": str(len(data))}
+        # One dict for every call: urllib3 only reads it, and a poster is used
+        # by one thread at a time (each process makes its own Backend).
+        headers = self._headers
+        headers["Content-Length"] = str(len(data))
         r = self._current_pool().urlopen(
             "POST",
             self._prefix + path,
             body=data,
             headers=headers,
-            retries=False,
+            retries=self._retries,
             redirect=False,
             assert_same_host=False,
             timeout=self._timeout,
