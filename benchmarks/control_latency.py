@@ -70,7 +70,7 @@ def main() -> None:
     bin_dir.mkdir()
     (bin_dir / "codex").symlink_to(fake_codex())
     config = tmp / "config.toml"
-    config.write_text(f'workspace_dir = "{tmp}/ws/<run_id>"\n')
+    config.write_text(f'workspace_dir = "{tmp}/ws/<run_id>"\n[flywheel]\nworkspace_instructions = "Benchmark."\n')
     gate = tmp / "gate"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL_", "FAKE_CODEX", "CODEX_"))}
     env.update(PATH=f"{bin_dir}:{env.get('PATH', '')}", FLYWHEEL_HOME=str(tmp / "home"), PYTHONPATH=str(ROOT),
@@ -84,9 +84,13 @@ def main() -> None:
             run_id, token = backend.create_run("Benchmark the control channel.")
             proc = subprocess.Popen([sys.executable, "-m", "supervisor", "--run-id", run_id, "--config", str(config),
                                      "--server", backend.url], env={**env, "FLYWHEEL_RUN_TOKEN": token},
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            polled = wait(lambda: backend.control(run_id)["polls"]["first_at"], 60, "the first poll")
-            launched = next(e["created_at"] for e in backend.entries(run_id) if e["message"] == "codex exec launched")
+                                    stdout=subprocess.DEVNULL, stderr=open(tmp / f"{run_id}.err", "wb"))
+            polled = wait(lambda: backend.control(run_id)["polls"]["first_at"] or proc.poll() is not None, 60,
+                          "the first poll")
+            if proc.returncode is not None:
+                raise SystemExit(f"bootstrap exited {proc.returncode}: {(tmp / f'{run_id}.err').read_text()}")
+            launched = wait(lambda: next((e["created_at"] for e in backend.entries(run_id)
+                                          if e["message"] == "codex exec launched"), None), 60, "the launch entry")
             first_polls.append(seconds(polled) - seconds(launched))
             if n == 0:
                 rng = random.Random(12)

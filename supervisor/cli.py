@@ -140,12 +140,14 @@ def serve(host: str, port: int, db: Path | None) -> None:
 @click.option("--folder", type=click.Path(path_type=Path), help="Where the demo keeps its files "
               "[default: ~/.flywheel/demo].")
 @click.option("--runs", "count", default=3, show_default=True, type=click.IntRange(1, 64))
+@click.option("--take-over", is_flag=True, help="Take the first run over, send its agent an input, hand it back.")
 @click.pass_context
-def demo(ctx: click.Context, folder: Path | None, count: int) -> None:
+def demo(ctx: click.Context, folder: Path | None, count: int, take_over: bool) -> None:
     """Start the local backend, run a few mock runs in parallel, show the result."""
     from supervisor.demo import run_demo
 
-    ctx.exit(run_demo(folder or flywheel_home() / "demo", count, echo=lambda line: click.echo(line)))
+    ctx.exit(run_demo(folder or flywheel_home() / "demo", count, echo=lambda line: click.echo(line),
+                      take_over=take_over))
 
 
 @cli.command()

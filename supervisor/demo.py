@@ -31,6 +31,15 @@ _PROMPTS = (
     "Summarise what you did in report.md and list it as a text artifact.",
 )
 
+# What `--take-over` does to the first run (SPEC section 15), one step at a time.
+_CONVERSATION = (
+    ("take_over", None),
+    ("send_input", {"text": "Please also note which GPU you would train on."}),
+    ("resume_autonomous", None),
+)
+# The first run's mock agent keeps training this long unless taken over.
+_TAKE_OVER_WORK_S = 60
+
 _INSTRUCTIONS = (
     "This is a local demo run in mock mode. Work only inside the current workspace "
     "folder; no GPU and no network are needed."
@@ -112,6 +121,24 @@ def _wait_exited(pid: int, deadline: float) -> bool:
         delay = min(delay * 2, 0.2)
 
 
+def converse(backend: LocalBackend, run_id: str, echo: Callable[[str], None], timeout: float) -> None:
+    """Take `run_id` over, talk to its agent, hand it back; say each ack."""
+
+    def working() -> bool:
+        return backend.control(run_id)["polls"]["n"] > 0 and any(
+            e["message"].startswith("codex thread started") for e in backend.entries(run_id))
+
+    try:
+        backend.wait_for(working, timeout)
+        echo(f"Run {run_id}: a person takes over, talks to the agent and hands it back:")
+        for command, payload in _CONVERSATION:
+            done = backend.wait_ack(run_id, backend.queue_command(run_id, command, payload), timeout)
+            said = f" {payload['text']!r}" if payload else ""
+            echo(f"  {command}{said} -> {done['status']}: {done['detail']}")
+    except TimeoutError as exc:
+        echo(f"  the conversation stopped: {exc}")
+
+
 def _finish(proc: subprocess.Popen[bytes], deadline: float) -> bool:
     """Wait for one bootstrap until the deadline, then stop it. Its whole
     process group is killed before it is reaped, so nothing of it survives.
@@ -132,11 +159,14 @@ def run_demo(
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
     command: Sequence[str] | None = None,
+    take_over: bool = False,
 ) -> int:
     """Run `runs` mock runs in parallel against a local backend in `folder`.
 
-    `command` replaces `python -m supervisor` (tests use a stand-in). Returns 0
-    when every run completed, else 1.
+    `command` replaces `python -m supervisor` (tests use a stand-in). With
+    `take_over`, the first run is taken over, given an input and handed back
+    (the control channel, SPEC section 15). Returns 0 when every run
+    completed, else 1.
     """
     if runs < 1:
         raise ConfigError(f"The demo needs at least one run (got {runs}).")
@@ -162,12 +192,15 @@ def run_demo(
         procs: dict[str, subprocess.Popen[bytes]] = {}
         timed_out: dict[str, bool] = {}
         try:
-            for run_id, token in created:
+            for n, (run_id, token) in enumerate(created):
                 argv = [*prefix, "--run-id", run_id, "--config", str(config), "--server", backend.url]
+                env = bootstrap_env(os.environ, token, home)
+                if take_over and n == 0:
+                    env["BOOTSTRAP_MOCK_WORK_S"] = str(_TAKE_OVER_WORK_S)
                 with open(logs / f"{run_id}.log", "wb") as log:
                     procs[run_id] = subprocess.Popen(
                         argv,
-                        env=bootstrap_env(os.environ, token, home),
+                        env=env,
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -175,6 +208,8 @@ def run_demo(
                         start_new_session=True,
                     )
             deadline = time.monotonic() + timeout
+            if take_over:
+                converse(backend, created[0][0], echo, min(60.0, timeout))
             for run_id, proc in procs.items():
                 timed_out[run_id] = _finish(proc, deadline)
         finally:
@@ -199,7 +234,8 @@ def run_demo(
     echo("Runs:")
     for result in results:
         echo(outcome_line(result))
-    echo(f"Database:   {folder / 'backend.sqlite3'}  (sqlite3; tables runs, entries, artifacts, heartbeats)")
+    echo(f"Database:   {folder / 'backend.sqlite3'}  (sqlite3; tables runs, entries, artifacts, heartbeats, "
+         "control_commands)")
     echo(f"Workspaces: {folder / 'workspaces'}")
     echo(f"Logs:       {logs}  (what each bootstrap printed)")
     echo(f"Config:     {config}")

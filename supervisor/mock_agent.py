@@ -11,7 +11,9 @@ It reads its prompt from stdin to EOF (as Codex does), prints a thread id and a
 few realistic JSON Lines events over about 0.05 s, writes `mock_report.md` and
 a manifest listing it as a text artifact, and exits 0. No model is called.
 It is deliberately self-contained (stdlib only) and separate from the richer
-`tests/fake_codex` test tool.
+`tests/fake_codex` test tool. With BOOTSTRAP_MOCK_WORK_S=S the first run keeps
+"training" for S seconds (an event every quarter second), long enough for
+`demo --take-over` to take it over.
 """
 
 from __future__ import annotations
@@ -145,6 +147,19 @@ def _listing(folder: Path) -> str:
         return f"ls: cannot open directory '{folder}': {exc.strerror}\n"
 
 
+def _train(seconds: float) -> None:
+    """Paced command events, like a training loop that reports each epoch."""
+    deadline = time.monotonic() + seconds
+    epoch = 0
+    while time.monotonic() < deadline:
+        command = f"bash -lc 'python train.py --epoch {epoch}'"
+        _emit({"type": "item.completed", "item": {"id": f"item_t{epoch}", "type": "command_execution",
+               "command": command, "aggregated_output": f"epoch {epoch}: loss={1 / (epoch + 1):.3f}\n",
+               "exit_code": 0, "status": "completed"}})
+        epoch += 1
+        time.sleep(0.25)
+
+
 def run(invocation: Invocation, prompt: str) -> int:
     named = os.environ.get("FLYWHEEL_WORKSPACE")
     workspace = Path(named) if named and Path(named).is_dir() else invocation.cd
@@ -153,12 +168,17 @@ def run(invocation: Invocation, prompt: str) -> int:
     _emit({"type": "thread.started", "thread_id": thread_id})
     _emit({"type": "turn.started"})
     _emit({"type": "item.completed", "item": {"id": "item_0", "type": "reasoning",
-           "text": "**Writing the artifact manifest**" if resumed else "**Planning a mock run**"}})
+           "text": f"**Resumed: {task_line(prompt)[:200]}**" if resumed else "**Planning a mock run**"}})
     command = "bash -lc ls"
     _emit({"type": "item.started", "item": {"id": "item_1", "type": "command_execution", "command": command,
            "aggregated_output": "", "exit_code": None, "status": "in_progress"}})
     _emit({"type": "item.completed", "item": {"id": "item_1", "type": "command_execution", "command": command,
            "aggregated_output": _listing(workspace), "exit_code": 0, "status": "completed"}})
+    if not resumed:
+        try:
+            _train(float(os.environ.get("BOOTSTRAP_MOCK_WORK_S") or 0))
+        except ValueError:
+            pass
     report = (
         "# Mock agent report\n\n"
         "This run used bootstrap's built-in mock agent (BOOTSTRAP_MOCK_CODEX); no model was called.\n\n"

@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
@@ -204,3 +207,41 @@ def test_take_over_stops_only_codex_and_the_run_keeps_its_other_processes(env: E
     code, err = run.finish()
     assert code == 0, err
     wait_until(lambda: not any(alive(pid) for pid in pids), 10, "the run's processes gone with the run")
+
+
+def test_the_runs_pool_shows_a_taken_over_run(env: Env, backend: LocalBackend) -> None:
+    run_id, token = backend.create_run(prompt="Train the model.")
+    runs_file = env.tmp / "runs.txt"
+    runs_file.write_text(f"{run_id} {token}\n")
+    runs_file.chmod(0o600)
+    gate = env.tmp / "codex-may-finish"
+    pool = env.start("--runs", str(runs_file), "--config", str(env.config()), "--server", backend.url,
+                     extra={"FAKE_CODEX_MODE": "gate", "FAKE_CODEX_GATE": str(gate),
+                            "FLYWHEEL_TIMING_CONTROL_POLL_INTERVAL": "0.2"})
+    lines: list[str] = []
+    readers = [threading.Thread(target=lambda f=f: lines.extend(f), daemon=True) for f in (pool.stdout, pool.stderr)]
+    for reader in readers:
+        reader.start()
+    try:
+        wait_until(lambda: backend.control(run_id)["polls"]["n"] > 0, 60, "the first control poll")
+        assert backend.wait_ack(run_id, backend.queue_command(run_id, "take_over"), 60)["status"] == "applied"
+        wanted = f"run {run_id}: running, taken over by a person (interactive)"
+        wait_until(lambda: any(wanted in line for line in lines), 60, "the pool saying the run is interactive")
+        assert backend.wait_ack(run_id, backend.queue_command(run_id, "resume_autonomous"), 60)["status"] == "applied"
+        gate.touch()
+        assert pool.wait(90) == 0, "".join(lines)
+    finally:
+        pool.kill()
+        pool.wait()
+
+
+def test_demo_take_over_shows_the_conversation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.demo import run_demo
+
+    monkeypatch.setenv("FLYWHEEL_TIMING_CONTROL_POLL_INTERVAL", "0.2")
+    lines: list[str] = []
+    assert run_demo(tmp_path / "demo", runs=1, echo=lines.append, take_over=True) == 0, "\n".join(lines)
+    said = "\n".join(lines)
+    assert "take_over -> applied: codex interrupted" in said
+    assert "send_input 'Please also note which GPU you would train on.' -> applied" in said
+    assert "resume_autonomous -> applied" in said and "All runs completed." in said

@@ -15,10 +15,10 @@ def test_render_table() -> None:
     ]
     text = sv.render(rows, max_result=20)
     lines = text.split("\n")
-    assert lines[0].split() == ["RUN", "STATE", "ELAPSED", "ENTRIES", "GPUS", "CPU", "PEAK", "RESULT"]
-    assert lines[1].split() == ["r1", "running", "1m15s", "1,234", "0,1", "12.5s", "1.5", "GiB", "-"]
-    assert lines[2].split()[:5] == ["run-two", "waiting", "-", "-", "-"]
-    assert lines[3].split()[2] == "1h02m05s"
+    assert lines[0].split() == ["RUN", "STATE", "MODE", "ELAPSED", "ENTRIES", "GPUS", "CPU", "PEAK", "RESULT"]
+    assert lines[1].split() == ["r1", "running", "-", "1m15s", "1,234", "0,1", "12.5s", "1.5", "GiB", "-"]
+    assert lines[2].split()[:6] == ["run-two", "waiting", "-", "-", "-", "-"]
+    assert lines[3].split()[3] == "1h02m05s"
     assert lines[3].endswith("x" * 19 + "…")
     # Columns line up.
     assert len({line.index(line.split()[1]) for line in lines}) == 1
@@ -51,3 +51,17 @@ def test_live_view_fits_a_short_terminal() -> None:
     assert lines[-1].startswith("… and 16 more")
 
 
+
+
+def test_a_taken_over_run_shows_its_mode() -> None:
+    rows = [sv.RunRow("r1", states.RUNNING, mode="interactive"), sv.RunRow("r2", states.RUNNING, mode="autonomous")]
+    lines = sv.render(rows).split("\n")
+    assert lines[1].split()[:3] == ["r1", "running", "interactive"]
+    assert lines[2].split()[:3] == ["r2", "running", "autonomous"]
+    out: list[str] = []
+    view = sv.PlainView(out.append)
+    view.update([sv.RunRow("r1", states.RUNNING, mode="autonomous")], 0.0)
+    view.update([sv.RunRow("r1", states.RUNNING, mode="interactive")], 1.0)
+    view.update([sv.RunRow("r1", states.RUNNING, mode="interactive")], 2.0)
+    view.update([sv.RunRow("r1", states.RUNNING, mode="autonomous")], 3.0)
+    assert out == ["run r1: running", "run r1: running, taken over by a person (interactive)", "run r1: running"]

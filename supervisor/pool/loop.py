@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supervisor.control_ledger import read_mode
 from supervisor.pool import states
 from supervisor.pool import status_view as sv
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR
@@ -87,6 +88,7 @@ class RunSlot:
     status: int = EXIT_OK
     entries: int | None = None
     post: Future[str] | None = field(default=None, repr=False)
+    mode: str | None = None  # last read from the run's control.json
     # Its supervisor is gone but some process of its run still lives: its
     # GPUs are held back until none does (monotonic time it was first seen).
     lingering_since: float | None = None
@@ -110,8 +112,10 @@ class RunSlot:
         usage = self.usage
         if usage is None and self.state in (states.RUNNING, states.STOPPING):
             usage = live_usage(self.state_dir)
+        if self.state == states.RUNNING:
+            self.mode = read_mode(self.state_dir) or self.mode
         return sv.RunRow(self.spec.run_id, self.state, elapsed, entries, self.gpus, result,
-                         usage.cpu_seconds if usage else None, usage.peak_bytes if usage else None)
+                         usage.cpu_seconds if usage else None, usage.peak_bytes if usage else None, self.mode)
 
 
 class Wakeup:

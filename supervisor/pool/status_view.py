@@ -16,7 +16,7 @@ from workers.run_processes import format_bytes, format_seconds
 from supervisor.pool.states import CANCELLED, COMPLETE, ERROR, FINAL_STATES, RUNNING, STOPPING, WAITING
 
 
-_HEADERS = ("RUN", "STATE", "ELAPSED", "ENTRIES", "GPUS", "CPU", "PEAK", "RESULT")
+_HEADERS = ("RUN", "STATE", "MODE", "ELAPSED", "ENTRIES", "GPUS", "CPU", "PEAK", "RESULT")
 # Running runs first when a terminal is too short for the whole table.
 _SHOW_FIRST = {STOPPING: 0, RUNNING: 1, WAITING: 2, ERROR: 3, CANCELLED: 4, COMPLETE: 5}
 _CLEAR_BELOW = "\x1b[J"
@@ -35,6 +35,9 @@ class RunRow:
     # What the run's processes used (from its cgroup); None where unknown.
     cpu_seconds: float | None = None
     peak_bytes: int | None = None
+    # autonomous / interactive (a person took it over; docs/control-channel.md)
+    # once it runs; None before.
+    mode: str | None = None
 
 
 def format_elapsed(seconds: float | None) -> str:
@@ -60,6 +63,7 @@ def _cells(row: RunRow, max_result: int | None) -> tuple[str, ...]:
     return (
         row.run_id,
         row.state,
+        row.mode or "-",
         format_elapsed(row.elapsed),
         "-" if row.entries is None else f"{row.entries:,}",
         ",".join(row.gpus) if row.gpus else "-",
@@ -103,6 +107,8 @@ def plain_line(row: RunRow) -> str:
     text = f"run {row.run_id}: {row.state}"
     if row.state == RUNNING and row.gpus:
         text += f" on GPUs {','.join(row.gpus)}"
+    if row.state == RUNNING and row.mode == "interactive":
+        text += ", taken over by a person (interactive)"
     if row.state in FINAL_STATES:
         details = []
         if row.elapsed is not None:
@@ -193,12 +199,14 @@ class PlainView:
 
     def __init__(self, echo: Callable[[str], None]) -> None:
         self._echo = echo
-        self._seen: dict[str, str] = {}
+        self._seen: dict[str, tuple[str, str | None]] = {}
 
     def update(self, rows: Sequence[RunRow], now: float, *, force: bool = False) -> None:
         for row in rows:
-            if self._seen.get(row.run_id) != row.state:
-                self._seen[row.run_id] = row.state
+            # A run taken over or handed back is a change worth a line too.
+            seen = (row.state, row.mode if row.state == RUNNING else None)
+            if self._seen.get(row.run_id) != seen:
+                self._seen[row.run_id] = seen
                 self._echo(plain_line(row))
 
     def message(self, text: str) -> None:
