@@ -109,3 +109,18 @@ def test_control_command_queues_and_prints_the_ack(backend: LocalBackend) -> Non
     unknown = subprocess.run([sys.executable, "-m", "supervisor", "control", "nope", "take-over",
                               "--server", backend.url], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert unknown.returncode == 3 and "unknown run" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_the_client_polls_on_one_kept_alive_connection(backend: LocalBackend) -> None:
+    from workers.common.backend_client import Backend
+    from workers.common.timing import Timing
+
+    run_id, token = backend.create_run("Train it.")
+    command_id = backend.queue_command(run_id, "take_over")
+    before = backend.connections_opened
+    with Backend(backend.url, run_id, token, Timing()) as client:
+        answers = [client.get_once("/control/poll", 5.0) for _ in range(3)]
+        assert client.post_once("/control/ack", {"command_id": command_id, "status": "applied"}).ok
+        assert client.get_once("/control/poll", 5.0).json() == {}
+    assert [a.json()["command_id"] for a in answers] == [command_id] * 3
+    assert backend.connections_opened - before <= 2, "polls share one connection (acks may use the poster's)"

@@ -102,14 +102,12 @@ class Backend:
         return Answer(status, content)
 
     def get_once(self, path: str, read_timeout: float | None = None) -> Answer:
-        """One GET on the kept-alive connection; transport failures come back as Answer(0)."""
-        request = self._prepared.get("GET " + path)
-        if request is None:
-            request = self._session.prepare_request(requests.Request("GET", self.base + path))
-            self._prepared["GET " + path] = request
+        """One GET on the session's kept-alive connection (the control poll;
+        once a second, so requests' per-call layer costs nothing that matters);
+        transport failures come back as Answer(0)."""
         timeout = self._timeout if read_timeout is None else (self.timing.connect_timeout, read_timeout)
         try:
-            r = self._adapter.send(request, timeout=timeout)
+            r = self._session.get(self.base + path, timeout=timeout, allow_redirects=False)
             content = r.content
         except requests.RequestException:
             return Answer(0)
