@@ -1,6 +1,6 @@
 """`flywheel-bootstrap control RUN_ID take-over | send TEXT | resume-autonomous`:
 a person at the terminal queues a control command in the local backend (its
-admin API) and waits, bounded, for the run to acknowledge it (SPEC section 15)."""
+admin API) and waits, bounded, for the run to acknowledge it (docs/control-channel.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a control command does to a run: SPEC section 15's table as pure
+"""What a control command does to a run: the table of docs/control-channel.md as pure
 functions over plain data (mode x command -> step and ack), plus the rule that
 applies each command id at most once.
 
@@ -91,7 +91,7 @@ def input_text(payload: Any) -> str | None:
 
 
 def decide_command(command: Any, payload: Any, run: RunView) -> ControlDecision:
-    """The row of SPEC section 15's table that applies to `command` now."""
+    """The row of the table in docs/control-channel.md that applies to `command` now."""
     mode = run.mode
     if command == "take_over":
         if mode is Mode.INTERACTIVE:

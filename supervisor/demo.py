@@ -31,7 +31,7 @@ _PROMPTS = (
     "Summarise what you did in report.md and list it as a text artifact.",
 )
 
-# What `--take-over` does to the first run (SPEC section 15), one step at a time.
+# What `--take-over` does to the first run (docs/control-channel.md), one step at a time.
 _CONVERSATION = (
     ("take_over", None),
     ("send_input", {"text": "Please also note which GPU you would train on."}),
@@ -165,7 +165,7 @@ def run_demo(
 
     `command` replaces `python -m supervisor` (tests use a stand-in). With
     `take_over`, the first run is taken over, given an input and handed back
-    (the control channel, SPEC section 15). Returns 0 when every run
+    (the control channel, docs/control-channel.md). Returns 0 when every run
     completed, else 1.
     """
     if runs < 1:

@@ -1,4 +1,4 @@
-"""The supervisor's side of the control channel (SPEC section 15): the commands
+"""The supervisor's side of the control channel (docs/control-channel.md): the commands
 the control worker forwarded, the run's mode and its ledger, and what each
 command asks of the run.
 

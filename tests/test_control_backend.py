@@ -1,4 +1,4 @@
-"""The local backend's control channel over real HTTP (SPEC section 15): the
+"""The local backend's control channel over real HTTP (docs/control-channel.md): the
 queue per run, oldest unacknowledged first and again until acked, the acks,
 and the admin API that queues commands and reads them back."""
 

@@ -1,4 +1,4 @@
-"""SPEC section 15's control table, row by row, and the at-most-once rule."""
+"""The control table of docs/control-channel.md, row by row, and the at-most-once rule."""
 
 from __future__ import annotations
 

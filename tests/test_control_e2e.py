@@ -1,6 +1,6 @@
-"""A person takes over a run, talks to its agent and hands it back (SPEC
-section 15), end to end: the real command, the local backend on loopback, the
-fake codex on PATH."""
+"""A person takes over a run, talks to its agent and hands it back
+(docs/control-channel.md), end to end: the real command, the local backend on
+loopback, the fake codex on PATH."""
 
 from __future__ import annotations
 

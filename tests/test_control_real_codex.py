@@ -1,4 +1,4 @@
-"""A person takes over a run of the REAL Codex CLI (SPEC section 15), offline:
+"""A person takes over a run of the REAL Codex CLI (docs/control-channel.md), offline:
 the fake model server plays the model, the local backend plays Flywheel. An
 input resumes the real thread: the model server sees the same thread id in the
 input's request as in the first turn's, with the person's text as the latest

@@ -1,5 +1,5 @@
 """The control worker: polls the backend for a person's commands (take_over,
-send_input, resume_autonomous; SPEC section 15) and delivers their acks.
+send_input, resume_autonomous; docs/control-channel.md) and delivers their acks.
 
 Why a fourth worker rather than a job of the heartbeat worker: the two have
 opposite rhythms and failure modes. A heartbeat is worth retrying only until

@@ -64,8 +64,8 @@ class ControlLive:
 
 @dataclass(frozen=True)
 class ControlAck:
-    """To the control worker: deliver this ack of a control command (SPEC
-    section 15), retried like telemetry until the backend answers. Sent
+    """To the control worker: deliver this ack of a control command
+    (docs/control-channel.md), retried like telemetry until the backend answers. Sent
     sticky, so a replacement worker delivers what its predecessor had not."""
 
     command_id: str

@@ -197,7 +197,7 @@ class LocalBackend:
         return self._store.request_counts(run_id)
 
     def queue_command(self, run_id: str, command: str, payload: dict[str, Any] | None = None) -> str:
-        """Queue a control command for the run (SPEC section 15); returns its command_id."""
+        """Queue a control command for the run (docs/control-channel.md); returns its command_id."""
         body: dict[str, Any] = {"command": command} if payload is None else {"command": command, "payload": payload}
         return str(self._store.queue_command(run_id, body)["command_id"])
 

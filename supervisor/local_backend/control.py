@@ -1,4 +1,4 @@
-"""The run control channel of the local backend (SPEC section 15): a queue of
+"""The run control channel of the local backend (docs/control-channel.md): a queue of
 commands per run and their acks, in the same SQLite database.
 
 The run API hands out the oldest command not yet acknowledged, again on every
