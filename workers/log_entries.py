@@ -340,6 +340,23 @@ def codex_entry(
     return Entry(level, clean_message(message, redactor), extra)
 
 
+def encode_codex_line(created_at: str, line: bytes, redactor: Redactor, seq: int,
+                      *, truncated_bytes: int = 0) -> tuple[bytes, Entry]:
+    """The encoded entry for one Codex line, and the entry. No line can make
+    this fail: hostile output (odd types, numbers, encodings) must never stop
+    the shipper, which would otherwise crash on the same line after every
+    restart. A line whose event cannot be mapped is shipped as its text."""
+    try:
+        entry = codex_entry(line, redactor, truncated_bytes=truncated_bytes)
+        return encode_entry(created_at, entry, seq), entry
+    except Exception as exc:  # noqa: BLE001 - whatever fails here, the line caused it
+        text, _ = _line_text(line, EVENT_STRING_MAX_CHARS, redactor)
+        extra: dict[str, Any] = {"event": {"terminal_output": text}, "run_event_source": "codex",
+                                 "run_event_kind": "command_output", "event_unreadable": type(exc).__name__}
+        entry = Entry("info", clean_message(text, redactor), extra)
+        return encode_entry(created_at, entry, seq), entry
+
+
 # ----------------------------------------------------------- wire format
 
 
@@ -356,6 +373,8 @@ def entry_dict(created_at: str, entry: Entry, seq: int) -> dict[str, Any]:
 def _unicode_safe(obj: Any) -> Any:
     if isinstance(obj, str):
         return obj.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+        return str(obj)  # past what JSON numbers carry here: kept as text
     if isinstance(obj, dict):
         return {_unicode_safe(k): _unicode_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -371,7 +390,8 @@ def encode_json(body: Any) -> bytes:
     try:
         return orjson.dumps(body, default=str, option=_DUMP_OPTIONS)
     except orjson.JSONEncodeError:
-        # Lone surrogates (from surrogateescape'd text) are not UTF-8.
+        # Lone surrogates (from surrogateescape'd text) are not UTF-8; integers
+        # past 64 bits are not encodable.
         return orjson.dumps(_unicode_safe(body), default=str, option=_DUMP_OPTIONS)
 
 
@@ -409,10 +429,23 @@ def too_large_placeholder(entry_dict: dict[str, Any], message_bytes: int, limit_
 # ------------------------------------------------------ facts from events
 
 
+# No real turn uses anywhere near this many tokens; a larger count is garbage,
+# and sums stay far inside what JSON (and orjson, 64 bits) can carry.
+TOKEN_COUNT_MAX = 2**53 - 1
+
+
 def _count(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= TOKEN_COUNT_MAX:
         return value
     return None
+
+
+def add_usage(totals: tuple[int, int], usage: tuple[int, int] | None) -> tuple[int, int]:
+    """Running (input, output) token totals, saturating at TOKEN_COUNT_MAX so a
+    hostile count can never make the shipper's state unencodable."""
+    if usage is None:
+        return totals
+    return (min(totals[0] + usage[0], TOKEN_COUNT_MAX), min(totals[1] + usage[1], TOKEN_COUNT_MAX))
 
 
 def token_usage(event: dict[str, Any]) -> tuple[int, int] | None:

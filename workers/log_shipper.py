@@ -26,7 +26,7 @@ import orjson
 from workers.common.backend_client import Backend
 from workers.common.timing import Timing
 from workers.file_watch import watch_files
-from workers.log_entries import codex_entry, encode_entry, token_usage, too_large_placeholder
+from workers.log_entries import add_usage, encode_codex_line, token_usage, too_large_placeholder
 from workers.common.redact import Redactor
 from workers.common.wake import WakePipe
 from workers.messages import Command, Drain, Drained, Stop, unexpected
@@ -118,17 +118,15 @@ class Shipper:
             return self.codex.last_read > 0  # inside a very long line: keep reading
         out: list[bytes] = []
         seq = self.state.next_seq
-        tokens_in, tokens_out = self.state.input_tokens, self.state.output_tokens
+        tokens = self.state.input_tokens, self.state.output_tokens
         ci = 0
         now = utc_now()
 
         def take_codex(line: Any) -> None:
-            nonlocal seq, tokens_in, tokens_out
-            entry = codex_entry(line.data, self.redactor, truncated_bytes=line.dropped)
-            usage = token_usage(entry.extra.get("event") or {})
-            if usage:
-                tokens_in, tokens_out = tokens_in + usage[0], tokens_out + usage[1]
-            out.append(encode_entry(now, entry, seq))
+            nonlocal seq, tokens
+            data, entry = encode_codex_line(now, line.data, self.redactor, seq, truncated_bytes=line.dropped)
+            tokens = add_usage(tokens, token_usage(entry.extra.get("event") or {}))
+            out.append(data)
             seq += 1
 
         records: list[tuple[int, int, dict[str, Any]]] = []  # (line start, codex offset, record)
@@ -165,8 +163,8 @@ class Shipper:
             next_seq=seq,
             outbox_size=self.state.outbox_size + len(data),
             last_event_at=now if codex_lines else self.state.last_event_at,
-            input_tokens=tokens_in,
-            output_tokens=tokens_out,
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
         )
         self.state.save(self.dir)
         return True
