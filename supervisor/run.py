@@ -56,6 +56,7 @@ from workers.messages import (
     Event,
     Phase,
     PostArtifacts,
+    RunCannotGoOn,
     unexpected,
 )
 from workers.run_processes import RunProcesses, Usage, open_run
@@ -103,6 +104,9 @@ class RunSupervisor:
         self.control: RunControl | None = None  # made by _start, before the workers
         self.first_start: int | None = None  # codex.out offset of this start's first Codex
         self.thread_id: str | None = None
+        # Why the run cannot go on, as a worker said (RunCannotGoOn): the
+        # backend refused the token, or the state folder's disk is full.
+        self.fatal: str | None = None
 
     # -- workers ---------------------------------------------------------------
 
@@ -145,6 +149,10 @@ class RunSupervisor:
                 self.control.receive(event.command_id, event.command, event.payload)
             case ControlWarning(text=text):
                 self._notify(text)
+            case RunCannotGoOn(reason=reason):
+                if self.fatal is None:
+                    self.fatal = reason
+                    self.echo(f"run {self.prep.settings.run_id}: {reason}")
             case _:
                 unexpected(event, "the supervisor")
 
@@ -205,6 +213,8 @@ class RunSupervisor:
                     end = CodexEnd(self._stop(proc), cancelled_by=self.interrupts.name)
                 elif deadline is not None and time.monotonic() >= deadline:
                     end = CodexEnd(self._stop(proc), timed_out_after=limit)
+                elif self.fatal is not None:
+                    end = CodexEnd(self._stop(proc))
         finally:
             if end is None:  # a worker gave up: nothing will watch Codex any more
                 proc.terminate(self.timing.kill_grace)
@@ -365,6 +375,8 @@ class RunSupervisor:
         the run over during the resume for a missing manifest."""
         p = self.prep
         manifest = read_manifest(p.workspace / MANIFEST_NAME)
+        if self.fatal is not None:
+            return Decision(Action.ERROR, False, self.fatal), manifest
         thread_id = find_thread_id(self.state / CODEX_OUT, start) if end.returncode == 0 and start is not None \
             else None
         tail = ""
@@ -536,9 +548,11 @@ class RunSupervisor:
                 decision = self._cancelled()
             deadline.start()
             drained = None
-        if drained is None:
+        if drained is None or self.fatal is not None:
             self.echo(f"run {self.prep.settings.run_id}: not every log entry could be delivered; "
                       f"they stay spooled in {self.state}")
+        if self.fatal is not None and decision.action is Action.COMPLETE:
+            decision = Decision(Action.ERROR, False, self.fatal)  # found while draining
         return decision
 
     def _deliver(self, report: Report, deadline: FlushDeadline) -> None:

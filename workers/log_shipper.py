@@ -29,7 +29,7 @@ from workers.file_watch import watch_files
 from workers.log_entries import add_usage, encode_codex_line, token_usage, too_large_placeholder
 from workers.common.redact import Redactor
 from workers.common.wake import WakePipe
-from workers.messages import Command, Drain, Drained, Stop, unexpected
+from workers.messages import Command, Drain, Drained, RunCannotGoOn, Stop, unexpected
 from workers.runtime import Mailbox
 from workers.common.spool import (
     BOOTSTRAP_LOG,
@@ -77,8 +77,16 @@ def interleave(markers: Sequence[int], codex_ends: Sequence[int], codex_read: in
     return before, len(before)
 
 
+# The backend no longer accepts this run's token: nothing more can be delivered.
+AUTH_REFUSED = frozenset({401, 403})
+
+
 class _Stop(Exception):
     """The supervisor asked us to stop while a delivery was still retrying."""
+
+
+class _Refused(Exception):
+    """The backend refused the run token; the run cannot go on."""
 
 
 class Shipper:
@@ -103,6 +111,7 @@ class Shipper:
         self.stopping = False
         self._last_commit = 0.0
         self._refusals: set[str] = set()
+        self.refused: str | None = None  # why delivery stopped for good
 
     # -- encode ----------------------------------------------------------------
 
@@ -195,7 +204,9 @@ class Shipper:
             self._send_one(lines[0])
             return
         answer = self._post("/logs/batch", b'{"entries":[' + b",".join(lines) + b"]}")
-        if answer.status == 413:
+        if 400 <= answer.status < 500:
+            # Too large (413), or one entry the backend will not take: halves
+            # find the entry at fault, and every other entry is kept.
             half = len(lines) // 2
             self._send(lines[:half])
             self._send(lines[half:])
@@ -220,6 +231,9 @@ class Shipper:
         answer = self.backend.post(path, body, sleep=self._sleep)
         if answer.status == 0 or (answer.status >= 500 or answer.status == 429):
             raise _Stop()
+        if answer.status in AUTH_REFUSED:
+            raise _Refused(f"the backend refused the run token (HTTP {answer.status}) for {path}; "
+                           "the run was stopped")
         return answer
 
     def _sleep(self, seconds: float) -> bool:
@@ -265,11 +279,17 @@ class Shipper:
                 # the delivery loop free of needless syscalls.
                 encoded = self.encode_new() if self.wake.clear() or look else False
                 look = encoded  # more may be waiting than one step took
-                if self.state.pending:
+                if self.state.pending and self.refused is None:
                     try:
                         self.deliver_burst()
                     except _Stop:
                         break
+                    except _Refused as why:
+                        # Said once to the supervisor, which ends the run; what
+                        # is left stays spooled, and drains are answered at once.
+                        self.refused = str(why)
+                        self.state.save(self.dir)
+                        self.mb.put(RunCannotGoOn(self.refused))
                     continue
                 if self.drain_id is not None:
                     if self.encode_new():

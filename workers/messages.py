@@ -114,7 +114,16 @@ class ControlWarning:
     text: str
 
 
-Event = ArtifactsPosted | Drained | ControlCommand | ControlWarning
+@dataclass(frozen=True)
+class RunCannotGoOn:
+    """From any worker: the run cannot go on (the backend refused the run
+    token, the state folder's disk is full). The supervisor stops Codex and
+    reports the run `error` with `reason`."""
+
+    reason: str
+
+
+Event = ArtifactsPosted | Drained | ControlCommand | ControlWarning | RunCannotGoOn
 
 
 def unexpected(message: object, where: str) -> NoReturn:

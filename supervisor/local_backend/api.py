@@ -81,7 +81,7 @@ def answer_run(
     if isinstance(routed, Reply):
         return routed
     run_id, kind = routed
-    decision = faults.decide(path=path, run_id=run_id, kind=kind, body_bytes=len(body))
+    decision = faults.decide(path=path, run_id=run_id, kind=kind, body_bytes=len(body), body=body)
     if decision.delay_s > 0 and stopping.wait(decision.delay_s):
         return DROP  # stopped while delaying: the server is going away
     if decision.drop and not decision.drop_after_handling:

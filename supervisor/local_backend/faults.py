@@ -1,5 +1,6 @@
 """The misbehaviour the local backend can be told to show (delays, 5xx, 413,
-dropped connections, bootstrap refusals), and the pure decision of what it does
+dropped connections, bootstrap refusals, a log entry refused for what it
+holds, a slow uplink), and the pure decision of what it does
 to one request. `FaultState` is the only stateful piece: the current faults and
 their counters behind a lock."""
 
@@ -31,6 +32,11 @@ class Faults:
     paths: tuple[str, ...] = ()
     run_ids: tuple[str, ...] = ()
     bootstrap_status: tuple[tuple[str, int], ...] = ()
+    # A log upload whose body holds this text is refused with 422, as a backend
+    # refuses one malformed entry (and with it the whole batch that carries it).
+    reject_containing: str | None = None
+    # Request bodies are read at this many bytes a second (a slow uplink).
+    body_rate_bps: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +50,8 @@ class Faults:
             "paths": list(self.paths),
             "run_ids": list(self.run_ids),
             "bootstrap_status": dict(self.bootstrap_status),
+            "reject_containing": self.reject_containing,
+            "body_rate_bps": self.body_rate_bps,
         }
 
 
@@ -100,6 +108,12 @@ def merge_faults(base: Faults, raw: Mapping[str, Any]) -> Faults:
         elif key == "status":
             if not _is_int(value) or not 100 <= value <= 599:
                 raise ValueError(f"'status' must be an HTTP status (100-599), got {value!r}")
+        elif key == "reject_containing":
+            if not isinstance(value, str) or not value:
+                raise ValueError("'reject_containing' must be a non-empty string")
+        elif key == "body_rate_bps":
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"'body_rate_bps' must be an integer >= 1, got {value!r}")
         elif key in ("status_count", "max_body_bytes", "drop_count"):
             if not _is_int(value) or value < 0:
                 raise ValueError(f"{key!r} must be an integer >= 0, got {value!r}")
@@ -159,11 +173,13 @@ def decide(
     kind: str,
     body_bytes: int,
     now: float,
+    body: bytes = b"",
 ) -> tuple[FaultAction, FaultCounters]:
     """The fault decision for one /runs request, and the counters after it.
 
-    Order: drop, then the injected status, then the body limit, then the
-    per-run bootstrap override. The delay comes before any of them.
+    Order: drop, then the injected status, then the body limit, then a
+    refused entry, then the per-run bootstrap override. The delay comes
+    before any of them.
     """
     override = dict(faults.bootstrap_status).get(run_id) if kind == "bootstrap" else None
     override_decision = (
@@ -187,6 +203,9 @@ def decide(
     if limit is not None and kind in _BODY_LIMITED_KINDS and body_bytes > limit:
         body = {"error": "payload too large", "limit_bytes": limit, "body_bytes": body_bytes}
         return FaultAction(delay, status=413, body=body), counters
+    marker = faults.reject_containing
+    if marker is not None and kind in _BODY_LIMITED_KINDS and marker.encode() in body:
+        return FaultAction(delay, status=422, body={"error": "invalid log entry (injected fault)"}), counters
     return replace(override_decision, delay_s=delay), counters
 
 
@@ -229,7 +248,15 @@ class FaultState:
                 },
             }
 
-    def decide(self, *, path: str, run_id: str, kind: str, body_bytes: int) -> FaultAction:
+    def body_rate(self, path: str) -> int | None:
+        """Bytes a second to read this request's body at, when slowed."""
+        with self._lock:
+            faults = self._faults
+        if faults.body_rate_bps is None or not path.startswith("/runs/"):
+            return None
+        return faults.body_rate_bps if not faults.paths or any(p in path for p in faults.paths) else None
+
+    def decide(self, *, path: str, run_id: str, kind: str, body_bytes: int, body: bytes = b"") -> FaultAction:
         with self._lock:
             decision, self._counters = decide(
                 self._faults,
@@ -239,5 +266,6 @@ class FaultState:
                 kind=kind,
                 body_bytes=body_bytes,
                 now=time.monotonic(),
+                body=body,
             )
             return decision
