@@ -351,6 +351,13 @@ def _git(
             os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         return _Result(124, "", f"git {args[0]} did not finish within {timeout:g} s and was stopped")
+    except BaseException:
+        # The wait was ended from outside (a signal's grace ran out): git must
+        # not outlive it.
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     return _Result(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
 

@@ -44,6 +44,8 @@ class FlushDeadline:
         self.at = time.monotonic() + self.flush_timeout
 
     def keep_trying(self) -> bool:
-        if self.at is None and self.interrupts.received:
-            self.start()  # interrupted while the backend is down: try a while longer
+        if self.at is None and self.interrupts.first_at is not None:
+            # Interrupted while the backend is down or hanging: try a while
+            # longer, counted from the signal.
+            self.at = self.interrupts.first_at + self.flush_timeout
         return self.at is None or time.monotonic() < self.at

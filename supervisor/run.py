@@ -37,10 +37,10 @@ from supervisor.preflight import Prepared, codex_env, payload_secrets
 from supervisor.prompt import build_fix_prompt, build_prompt
 from supervisor.report import FlushDeadline, Report, report_for
 from supervisor.run_control import RunControl
-from supervisor.signals import Interrupts
+from supervisor.signals import Aborted, Interrupts
 from workers import artifact_watcher, control_poller, heartbeat, log_shipper
 from workers.artifacts import ManifestRead, artifact_files, read_manifest
-from workers.common.backend_client import Backend
+from workers.common.backend_client import Answer, Backend
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_UNREPORTED
 from workers.common.names import MANIFEST_NAME, PROMPT_NAME
 from workers.common.redact import Redactor
@@ -490,6 +490,13 @@ class RunSupervisor:
     def _persist_code(self, artifacts: Any, failed: bool) -> None:
         if self.repo is None:
             return
+        try:
+            self._persist(artifacts, failed)
+        except Aborted:
+            self.log.write("warning", "code persistence stopped: interrupted, and the flush time is up", "warning")
+
+    def _persist(self, artifacts: Any, failed: bool) -> None:
+        assert self.repo is not None
         backend = Backend(self.prep.server, self.prep.settings.run_id, self.prep.settings.token, self.timing)
 
         def refresh() -> str | None:
@@ -499,7 +506,9 @@ class RunSupervisor:
                 return token if isinstance(token, str) and token else None
             return None
 
-        with backend:
+        # A signal ends a git command within the flush bound (git does not
+        # watch our signal pipe).
+        with backend, self.interrupts.bounded(self.timing.flush_timeout):
             notes = git_persist.persist(
                 self.repo, self.prep.workspace, self.state, self.prep.settings.run_id, failed=failed,
                 exclude=artifact_files(artifacts, self.prep.workspace), refresh_token=refresh,
@@ -563,12 +572,25 @@ class RunSupervisor:
 
         s = self.prep.settings
         with Backend(self.prep.server, s.run_id, s.token, self.timing) as backend:
-            answer = backend.post(report.path, report.body, keep_trying=deadline.keep_trying, sleep=sleep)
+            answer = backend.post(report.path, report.body, keep_trying=deadline.keep_trying, sleep=sleep,
+                                  attempt=lambda call: self._bounded_call(call, backend, deadline.at))
         if answer.ok:
             self.reported = True
         else:
             self.echo(f"run {s.run_id}: could not deliver the {report.path[1:]} report "
                       f"(HTTP {answer.status or 'no answer'})")
+
+    def _bounded_call(self, call: Callable[[], Answer], backend: Backend, deadline: float | None) -> Answer:
+        """One request of the supervisor's, under a total deadline (a backend
+        that accepts and never answers cannot hold us), and ended within the
+        flush bound by a signal."""
+        per_request = time.monotonic() + self.timing.connect_timeout + self.timing.read_timeout
+        try:
+            with self.interrupts.bounded(self.timing.flush_timeout, min(per_request, deadline or per_request)):
+                return call()
+        except Aborted:
+            backend.reset()  # the connection was left mid-request
+            return Answer(0)
 
     def _exit_status(self, decision: Decision) -> int:
         run_id = self.prep.settings.run_id

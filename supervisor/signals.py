@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import select
 import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 from workers.common.wake import WakePipe
@@ -27,11 +30,19 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+class Aborted(Exception):
+    """A blocking call inside `Interrupts.bounded` ran past its deadline, or
+    past the grace period after a signal."""
+
+
 class Interrupts:
     def __init__(self) -> None:
         self._pipe = WakePipe()
         self.received: list[int] = []
         self._previous: dict[int, object] = {}
+        self.first_at: float | None = None  # monotonic time of the first signal
+        self._grace: float | None = None  # inside bounded(): seconds a signal leaves
+        self._deadline: float | None = None
 
     def install(self) -> "Interrupts":
         if self._previous:
@@ -47,7 +58,45 @@ class Interrupts:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
+        if self.first_at is None:
+            self.first_at = time.monotonic()
         self._pipe.poke()
+        if self._grace is not None:
+            # Inside bounded(): the call in progress (an HTTP request, a git
+            # push) may go on for the grace period, not longer; a second signal
+            # ends it at once.
+            limit = time.monotonic() + self._grace
+            if len(self.received) > 1:
+                raise Aborted(f"{signal.Signals(signum).name} received again")
+            self._arm(limit)
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self._grace is not None:
+            raise Aborted("deadline reached")
+
+    def _arm(self, limit: float) -> None:
+        if self._deadline is None or limit < self._deadline:
+            self._deadline = limit
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, limit - time.monotonic()))
+
+    @contextmanager
+    def bounded(self, grace: float, deadline: float | None = None) -> Iterator[None]:
+        """Run a blocking call that does not watch our signal pipe: inside, it
+        is ended by `Aborted` at `deadline` (a monotonic time), or `grace`
+        seconds after a signal (at once on a second one). Cleanup of what the
+        call started is the call's own `finally`."""
+        previous = signal.signal(signal.SIGALRM, self._on_alarm)
+        self._grace, self._deadline = grace, None
+        try:
+            if deadline is not None:
+                self._arm(deadline)
+            if self.received:
+                self._arm(time.monotonic() + grace)
+            yield
+        finally:
+            self._grace = self._deadline = None
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
     def sleep(self, seconds: float) -> None:
         """Sleep between tries of the bootstrap fetch; an interrupt ends the

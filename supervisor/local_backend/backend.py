@@ -61,6 +61,7 @@ class LocalBackend:
             # Read at call time: start() replaces the event.
             stopping=lambda: self._stopping.is_set(),
             record_error=self._record_error,
+            body_pace=self._faults.body_pace,
         )
         try:
             server = server_cls((self.host, self._port), service)

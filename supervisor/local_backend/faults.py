@@ -35,8 +35,11 @@ class Faults:
     # A log upload whose body holds this text is refused with 422, as a backend
     # refuses one malformed entry (and with it the whole batch that carries it).
     reject_containing: str | None = None
-    # Request bodies are read at this many bytes a second (a slow uplink).
+    # Request bodies are read at this many bytes a second (a slow uplink)...
     body_rate_bps: int | None = None
+    # ...or not at all past this many bytes (a stalled uplink), for this many requests.
+    body_stall_after_bytes: int | None = None
+    body_stall_count: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,8 @@ class Faults:
             "bootstrap_status": dict(self.bootstrap_status),
             "reject_containing": self.reject_containing,
             "body_rate_bps": self.body_rate_bps,
+            "body_stall_after_bytes": self.body_stall_after_bytes,
+            "body_stall_count": self.body_stall_count,
         }
 
 
@@ -62,6 +67,7 @@ class FaultCounters:
     status_left: int | None = None  # None: not limited by count
     status_until: float | None = None  # time.monotonic() deadline; None: not timed
     drops_left: int = 0
+    stalls_left: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ def merge_faults(base: Faults, raw: Mapping[str, Any]) -> Faults:
         elif key == "body_rate_bps":
             if not _is_int(value) or value < 1:
                 raise ValueError(f"'body_rate_bps' must be an integer >= 1, got {value!r}")
-        elif key in ("status_count", "max_body_bytes", "drop_count"):
+        elif key in ("status_count", "max_body_bytes", "drop_count", "body_stall_after_bytes", "body_stall_count"):
             if not _is_int(value) or value < 0:
                 raise ValueError(f"{key!r} must be an integer >= 0, got {value!r}")
         elif key == "drop_after_handling":
@@ -147,6 +153,9 @@ def counters_after_set(
         counters = replace(counters, status_left=faults.status_count, status_until=until)
     if "drop_count" in changed:
         counters = replace(counters, drops_left=faults.drop_count)
+    if changed & {"body_stall_after_bytes", "body_stall_count"}:
+        stalls = faults.body_stall_count if faults.body_stall_after_bytes is not None else 0
+        counters = replace(counters, stalls_left=stalls)
     return counters
 
 
@@ -248,13 +257,18 @@ class FaultState:
                 },
             }
 
-    def body_rate(self, path: str) -> int | None:
-        """Bytes a second to read this request's body at, when slowed."""
+    def body_pace(self, path: str) -> tuple[int | None, int | None]:
+        """(bytes a second, bytes after which reading stops) for this request's
+        body; (None, None) reads it at once."""
         with self._lock:
-            faults = self._faults
-        if faults.body_rate_bps is None or not path.startswith("/runs/"):
-            return None
-        return faults.body_rate_bps if not faults.paths or any(p in path for p in faults.paths) else None
+            faults, counters = self._faults, self._counters
+            if not path.startswith("/runs/") or (faults.paths and not any(p in path for p in faults.paths)):
+                return None, None
+            stall = None
+            if faults.body_stall_after_bytes is not None and counters.stalls_left > 0:
+                stall = faults.body_stall_after_bytes
+                self._counters = replace(counters, stalls_left=counters.stalls_left - 1)
+            return faults.body_rate_bps, stall
 
     def decide(self, *, path: str, run_id: str, kind: str, body_bytes: int, body: bytes = b"") -> FaultAction:
         with self._lock:

@@ -4,9 +4,11 @@ handler that reads the body and sends the Reply the service gives it."""
 
 from __future__ import annotations
 
+import select
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ class Service:
     stopping: Callable[[], bool]
     # Keeps the traceback of an internal error for the tests to see.
     record_error: Callable[[str], None]
+    # path -> (bytes a second, bytes after which reading stalls) for a slow uplink
+    body_pace: Callable[[str], tuple[int | None, int | None]] = lambda path: (None, None)
 
 
 class Server(ThreadingHTTPServer):
@@ -118,11 +122,49 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(error(400, "bad Content-Length"))
             return None
-        return self.rfile.read(length) if length else b""
+        rate, stall = self.server.service.body_pace(self.path.split("?", 1)[0])
+        if rate is None and stall is None:
+            return self.rfile.read(length) if length else b""
+        return self._read_paced(length, rate, stall)
+
+    def _read_paced(self, length: int, rate: int | None, stall: int | None) -> bytes | None:
+        """The body read slowly (a slow uplink), or up to `stall` bytes and then
+        not at all until the client gives up or the server stops."""
+        # A small receive buffer, so the client's sends wait on our pace as
+        # they would on a slow network (not on a megabytes-deep buffer).
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        parts: list[bytes] = []
+        got = 0
+        started = time.monotonic()
+        step = max(1, min(64 * 1024, (rate or 64 * 1024) // 10))
+        while got < length:
+            if stall is not None and got >= stall:
+                self._wait_for_client_to_give_up()
+                return None
+            piece = self.rfile.read(min(step, length - got, (stall - got) if stall is not None else step))
+            if not piece:
+                return None  # the client gave up
+            parts.append(piece)
+            got += len(piece)
+            if rate is not None:
+                threading.Event().wait(max(0.0, started + got / rate - time.monotonic()))
+        return b"".join(parts)
+
+    def _wait_for_client_to_give_up(self) -> None:
+        while not self.server.service.stopping():
+            readable, _, _ = select.select([self.connection], [], [], 0.2)
+            try:
+                if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                    return  # closed by the client
+            except OSError:
+                return
+            if readable:
+                threading.Event().wait(0.2)  # it is still sending: we are not reading
 
     def _dispatch(self, method: str) -> None:
         body = self._read_body()
         if body is None:
+            self.close_connection = True
             return
         path = self.path.split("?", 1)[0]
         try:

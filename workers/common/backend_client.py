@@ -113,25 +113,32 @@ class Backend:
             return Answer(0)
         return Answer(r.status_code, content)
 
+    def reset(self) -> None:
+        """Drop every connection: after a request was abandoned mid-way, the
+        state of its connection is unknown."""
+        self._session.get_adapter(self.base).close()
+
     def post(
         self,
         path: str,
         body: bytes | dict[str, Any],
         keep_trying: Callable[[], bool] = lambda: True,
         sleep: Callable[[float], bool] | None = None,
+        attempt: Callable[[Callable[[], Answer]], Answer] | None = None,
     ) -> Answer:
         """Post until answered with a status that is not worth retrying, or until
         `keep_trying()` says stop. `sleep(seconds)` waits between tries and may
-        return True to abandon early (e.g. a stop command arrived)."""
-        attempt = 0
+        return True to abandon early (e.g. a stop command arrived); `attempt`
+        runs each try (e.g. under a deadline)."""
+        tries = 0
         while True:
-            answer = self.post_once(path, body)
+            answer = self.post_once(path, body) if attempt is None else attempt(lambda: self.post_once(path, body))
             if answer.status and answer.status not in RETRYABLE_STATUS:
                 return answer
             if not keep_trying():
                 return answer
-            delay = backoff_delay(attempt, self.timing.backoff_base, self.timing.backoff_cap)
-            attempt += 1
+            delay = backoff_delay(tries, self.timing.backoff_base, self.timing.backoff_cap)
+            tries += 1
             if sleep is not None:
                 if sleep(delay):
                     return answer

@@ -13,6 +13,7 @@ carry the run token to another host). benchmarks/README.md has the numbers.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import requests
@@ -21,12 +22,15 @@ from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Retry, Timeout
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError
 
+from workers.common.stall_timeout import StallTimeout
+
 # What a transport failure raises from `LeanPoster.post`: urllib3's errors, and
 # the OSError a socket can raise between them.
 TransportError = (HTTPError, OSError)
 
 # A body up to this size goes out with its headers in one write; a bigger one
-# is sent as urllib3 sends it.
+# is streamed, so that a slow uplink is timed out on stalls only (see
+# workers.common.stall_timeout).
 ONE_WRITE_MAX = 64 * 1024
 
 
@@ -57,11 +61,11 @@ class _OneWrite:
         super().send(data)  # type: ignore[misc]
 
 
-class OneWriteConnection(_OneWrite, HTTPConnection):
+class OneWriteConnection(_OneWrite, StallTimeout, HTTPConnection):
     pass
 
 
-class OneWriteTLSConnection(_OneWrite, HTTPSConnection):
+class OneWriteTLSConnection(_OneWrite, StallTimeout, HTTPSConnection):
     pass
 
 
@@ -123,7 +127,7 @@ class LeanPoster:
         r = self._current_pool().urlopen(
             "POST",
             self._prefix + path,
-            body=data,
+            body=data if len(data) <= ONE_WRITE_MAX else io.BytesIO(data),
             headers=headers,
             retries=self._retries,
             redirect=False,
