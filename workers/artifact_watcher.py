@@ -18,7 +18,7 @@ import orjson
 from workers.common.backend_client import Backend
 from workers.common.timing import Timing
 from workers.artifacts import enrich, manifest_fingerprint, read_manifest
-from workers.file_watch import watch_files
+from workers.file_watch import warn_once_per_run, watch_files
 from workers.common.redact import Redactor
 from workers.common.wake import WakePipe
 from workers.messages import ArtifactsPosted, Command, PostArtifacts, Stop, unexpected
@@ -130,7 +130,8 @@ class Watcher:
 
     def run(self) -> None:
         self.jobs: list[str] = []
-        observer = watch_files(self.cfg.workspace, {MANIFEST_NAME}, self.wake)
+        observer = watch_files(self.cfg.workspace, {MANIFEST_NAME}, self.wake,
+                               warn_once_per_run(self.cfg.state_dir))
         try:
             with Backend(self.cfg.server, self.cfg.run_id, self.cfg.token, self.cfg.timing) as backend:
                 while not self.stopping:

@@ -25,7 +25,7 @@ import orjson
 
 from workers.common.backend_client import Backend
 from workers.common.timing import Timing
-from workers.file_watch import watch_files
+from workers.file_watch import warn_once_per_run, watch_files
 from workers.log_entries import add_usage, encode_codex_line, token_usage, too_large_placeholder
 from workers.common.redact import Redactor
 from workers.common.wake import WakePipe
@@ -270,7 +270,7 @@ class Shipper:
                     unexpected(message, "the log-shipper")
 
     def run(self) -> None:
-        observer = watch_files(self.dir, {CODEX_OUT, BOOTSTRAP_LOG}, self.wake)
+        observer = watch_files(self.dir, {CODEX_OUT, BOOTSTRAP_LOG}, self.wake, warn_once_per_run(self.dir))
         look = True  # read the spool files on the next turn
         try:
             while not self.stopping:

@@ -1,0 +1,44 @@
+"""inotify exhausted (too many runs on one host): the workers poll instead,
+and the run says so once (SPEC section 9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from watchdog.observers.polling import PollingObserver
+
+from supervisor.local_backend import LocalBackend
+from tests.conftest import Env
+from tests.faultkit import assert_all_delivered_once, wait_until
+from workers.common.wake import WakePipe
+from workers.file_watch import FAULT_ENV, watch_files
+
+
+@pytest.mark.parametrize("fault", ["EMFILE", "ENOSPC"])
+def test_exhausted_inotify_falls_back_to_polling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    monkeypatch.setenv(FAULT_ENV, fault)
+    said: list[str] = []
+    wake = WakePipe()
+    observer = watch_files(tmp_path, {"codex.out"}, wake, said.append)
+    try:
+        assert isinstance(observer, PollingObserver)
+        assert len(said) == 1 and "polling" in said[0]
+        assert ("instances" if fault == "EMFILE" else "watches") in said[0]
+        (tmp_path / "codex.out").write_text("a line\n")
+        wait_until(wake.clear, 10, "the polling observer to see the new file")
+    finally:
+        observer.stop()
+
+
+def test_a_run_without_inotify_delivers_everything_and_warns_once(env: Env, backend: LocalBackend) -> None:
+    run_id, token = backend.create_run(prompt="Work.")
+    result = env.run("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
+                     extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "lines=300", FAULT_ENV: "EMFILE"})
+    assert result.returncode == 0, result.stderr
+    assert backend.run(run_id)["state"] == "complete"
+    entries = backend.entries(run_id)
+    assert_all_delivered_once(entries, env.state(run_id) / "codex.out")
+    warnings = [e for e in entries if "watching files by polling" in e["message"]]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning", [e["message"] for e in warnings]
+    assert "Traceback" not in result.stderr
