@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def test_sigterm_while_complete_hangs_ends_bootstrap_within_the_flush_bound(env: Env, backend: LocalBackend) -> None:
-    backend.set_faults(delay_ms=300_000, paths=["/complete"])  # accepts, never answers (in this test's life)
+    # The report (complete, or error once the signal lands) is accepted and never answered.
+    backend.set_faults(delay_ms=300_000, paths=["/complete", "/error"])
     run_id, token = backend.create_run(prompt="Work.")
     proc = env.start("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
                      extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "ok"})
@@ -39,7 +40,7 @@ def test_sigterm_while_complete_hangs_ends_bootstrap_within_the_flush_bound(env:
         raise AssertionError("bootstrap kept waiting on the hanging report after SIGTERM") from None
     assert proc.returncode == 143, err
     assert "Traceback" not in err
-    assert "could not deliver the complete report" in err
+    assert "report (HTTP no answer)" in err
 
 
 def test_a_signal_ends_a_hanging_git_within_the_grace_period(tmp_path: Path) -> None:
