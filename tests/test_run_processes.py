@@ -36,6 +36,26 @@ def test_cgroup2_mount(text: str, expected: tuple[str, str] | None) -> None:
 
 
 @pytest.mark.parametrize("text,expected", [
+    (MOUNTINFO_HYBRID, ("/sys/fs/cgroup/memory", "/")),
+    ("36 31 0:33 /docker/x /sys/fs/cgroup/cpu,memory rw - cgroup cgroup rw,cpu,memory\n",
+     ("/sys/fs/cgroup/cpu,memory", "/docker/x")),
+    (MOUNTINFO_SYSTEMD, None),
+    ("35 31 0:32 / /sys/fs/cgroup/memcg rw - cgroup cgroup rw,memcg_x\n", None),
+])
+def test_v1_memory_mount(text: str, expected: tuple[str, str] | None) -> None:
+    assert rp.v1_mount(text, "memory") == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("9:name=systemd:/\n4:memory:/process_api/abc\n0::/\n", "/process_api/abc"),
+    ("5:cpu,memory:/docker/x\n", "/docker/x"),
+    ("0::/\n", None),
+])
+def test_own_v1_memory_cgroup(text: str, expected: str | None) -> None:
+    assert rp.own_v1_cgroup(text, "memory") == expected
+
+
+@pytest.mark.parametrize("text,expected", [
     ("0::/\n", "/"),
     ("9:name=systemd:/\n4:memory:/x\n0::/user.slice/session-1.scope\n", "/user.slice/session-1.scope"),
     ("4:memory:/x\n", None),  # v1 only
@@ -178,7 +198,7 @@ def test_sweep_ends_a_run_whose_bootstrap_died_whole(tmp_path: Path) -> None:
     dead_state.mkdir()
     mine = rp.open_run(f"live-{tmp_path.name}", {})
     theirs = rp.open_run(f"dead-{tmp_path.name}", {})
-    theirs = RunProcesses(theirs.marker, theirs.cgroup, dead.pid, None)
+    theirs = RunProcesses(theirs.marker, theirs.cgroup, dead.pid, None, theirs.memory_v1)
     try:
         mine.save(live_state)
         theirs.save(dead_state)
@@ -191,6 +211,8 @@ def test_sweep_ends_a_run_whose_bootstrap_died_whole(tmp_path: Path) -> None:
         assert not (dead_state / rp.RECORD).exists() and (live_state / rp.RECORD).exists()
         if theirs.cgroup is not None:
             assert not theirs.cgroup.exists()
+        if theirs.memory_v1 is not None:
+            assert not theirs.memory_v1.exists()
     finally:
         mine.end(None)
         theirs.end(None)
@@ -228,11 +250,30 @@ def test_live_usage_while_running_then_kept(tmp_path: Path) -> None:
     if procs.cgroup is None:
         pytest.skip("no writable cgroup v2 on this machine")
     procs.save(tmp_path)
-    busy = procs.start(["python3", "-c", "import time\nt=time.process_time()\nwhile time.process_time()-t<0.2: pass"],
-                       env=dict(os.environ))
+    script = "import time\nx = bytearray(64 << 20)\nt = time.process_time()\nwhile time.process_time() - t < 0.2: pass"
+    busy = procs.start(["python3", "-c", script], env=dict(os.environ))
     busy.wait(30)
     live = rp.live_usage(tmp_path)
     assert live is not None and live.cpu_seconds is not None and live.cpu_seconds >= 0.2
+    if (procs.cgroup / "memory.peak").exists() or procs.memory_v1 is not None:
+        assert live.peak_bytes is not None and live.peak_bytes >= 64 << 20
     final = procs.end(tmp_path)
     assert final is not None and final.cpu_seconds == pytest.approx(live.cpu_seconds, abs=0.05)
     assert rp.live_usage(tmp_path) == final == rp.kept_usage(tmp_path)
+
+
+def test_sweep_removes_empty_cgroups_of_dead_supervisors(tmp_path: Path) -> None:
+    """A run's cgroup whose state folder is gone (a test's temporary home) and
+    whose supervisor is dead: empty, it is removed by any later start."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = rp.make_cgroup(rp.cgroup_name(f"left-{tmp_path.name}", dead.pid))
+    if left is None:
+        pytest.skip("no writable cgroup v2 on this machine")
+    mine = rp.open_run(f"mine-{tmp_path.name}", {})
+    try:
+        rp.sweep_stale(tmp_path / "no-such-state")
+        assert not left.exists()
+        assert mine.cgroup is not None and mine.cgroup.exists(), "a live supervisor's cgroup is kept"
+    finally:
+        mine.end(None)

@@ -64,6 +64,27 @@ def cgroup2_mount(mountinfo: str) -> tuple[str, str] | None:
     return None
 
 
+def v1_mount(mountinfo: str, controller: str) -> tuple[str, str] | None:
+    """(mount point, root) of the cgroup v1 hierarchy that has `controller`."""
+    for line in mountinfo.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if sep and rest[:1] == ["cgroup"] and len(fields) >= 5 and len(rest) >= 3 \
+                and controller in rest[2].split(","):
+            return _unescape_mount(fields[4]), _unescape_mount(fields[3])
+    return None
+
+
+def own_v1_cgroup(proc_cgroup: str, controller: str) -> str | None:
+    """Our path in the v1 hierarchy of `controller` (`4:memory:/path`)."""
+    for line in proc_cgroup.splitlines():
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if controller in controllers.split(",") and path.startswith("/"):
+            return path.strip()
+    return None
+
+
 def own_cgroup(proc_cgroup: str) -> str | None:
     """The v2 path (`0::/path`) from /proc/<pid>/cgroup; None without one."""
     for line in proc_cgroup.splitlines():
@@ -254,6 +275,9 @@ class RunProcesses:
     # The supervisor that made it, and when that process started (pid reuse).
     owner: int
     owner_start: int | None
+    # Hybrid hosts (cgroup v1 memory controller, as on Ubuntu 20.04): a v1
+    # memory cgroup beside the v2 one, for the run's peak memory only.
+    memory_v1: Path | None = None
 
     @property
     def engine(self) -> str:
@@ -261,7 +285,8 @@ class RunProcesses:
 
     def describe(self) -> str:
         if self.cgroup is not None:
-            return f"containment: cgroup v2 {self.cgroup}"
+            memory = f" (peak memory from the v1 memory cgroup {self.memory_v1})" if self.memory_v1 else ""
+            return f"containment: cgroup v2 {self.cgroup}{memory}"
         return (f"containment: no writable cgroup v2 here; falling back to the {MARKER_VAR} environment "
                 "marker and a child subreaper (a process that clears its environment can escape)")
 
@@ -278,15 +303,16 @@ class RunProcesses:
         run's cgroup between fork and exec (before `preexec`), so that nothing
         it starts can be outside. The file is opened here, in the parent, so
         the child only writes to it."""
-        fd = -1
-        if self.cgroup is not None:
-            try:
-                fd = os.open(self.cgroup / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-            except OSError:
-                pass  # `holds` then says so; the marker still finds the process
+        fds = []
+        for folder in (self.cgroup, self.memory_v1):
+            if folder is not None:
+                try:
+                    fds.append(os.open(folder / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+                except OSError:
+                    pass  # `holds` then says so; the marker still finds the process
 
         def setup() -> None:
-            if fd >= 0:
+            for fd in fds:
                 try:
                     os.write(fd, b"0")
                 except OSError:
@@ -300,11 +326,11 @@ class RunProcesses:
             return subprocess.Popen(list(argv), env=self.child_env(env),  # type: ignore[call-overload]
                                     preexec_fn=setup, **popen)  # noqa: PLW1509
         finally:
-            if fd >= 0:
+            for fd in fds:
                 os.close(fd)
 
     def holds(self, pid: int) -> bool:
-        """Whether a process started with `placer` really is in the cgroup."""
+        """Whether a process started with `start` really is in the cgroup."""
         if self.cgroup is None:
             return True
         own = own_cgroup(_read(f"/proc/{pid}/cgroup") or "")
@@ -377,6 +403,8 @@ class RunProcesses:
             return Usage()
         stat = _read(self.cgroup / "cpu.stat")
         peak = _read(self.cgroup / "memory.peak")
+        if peak is None and self.memory_v1 is not None:
+            peak = _read(self.memory_v1 / "memory.max_usage_in_bytes")
         return Usage(cpu_seconds(stat) if stat else None,
                      int(peak) if peak and peak.strip().isdigit() else None)
 
@@ -395,8 +423,9 @@ class RunProcesses:
                     write_private(state_dir / USAGE, usage.to_json())
             else:
                 usage = kept_usage(state_dir) or usage  # an earlier `end` removed the cgroup
-        if self.cgroup is not None:
-            _remove_tree(self.cgroup)
+        for folder in (self.cgroup, self.memory_v1):
+            if folder is not None:
+                _remove_tree(folder)
         if state_dir is not None:
             try:
                 (state_dir / RECORD).unlink()
@@ -408,7 +437,8 @@ class RunProcesses:
 
     def save(self, state_dir: Path) -> None:
         body = {"marker": self.marker, "cgroup": str(self.cgroup) if self.cgroup else None,
-                "owner": self.owner, "owner_start": self.owner_start}
+                "owner": self.owner, "owner_start": self.owner_start,
+                "memory_v1": str(self.memory_v1) if self.memory_v1 else None}
         write_private(state_dir / RECORD, orjson.dumps(body))
         try:
             (state_dir / USAGE).unlink()
@@ -424,10 +454,11 @@ class RunProcesses:
         if not isinstance(value, dict) or not isinstance(value.get("marker"), str) \
                 or not isinstance(value.get("owner"), int):
             return None
-        cgroup = value.get("cgroup")
+        cgroup, memory = value.get("cgroup"), value.get("memory_v1")
         start = value.get("owner_start")
         return RunProcesses(value["marker"], Path(cgroup) if isinstance(cgroup, str) else None,
-                            value["owner"], start if isinstance(start, int) else None)
+                            value["owner"], start if isinstance(start, int) else None,
+                            Path(memory) if isinstance(memory, str) else None)
 
     def owner_alive(self) -> bool:
         start = process_start(self.owner)
@@ -479,13 +510,30 @@ def _remove_tree(cgroup: Path) -> None:
 # -- making one ---------------------------------------------------------------
 
 
-def make_cgroup(name: str) -> Path | None:
-    """Create the run's cgroup below our own; None where that is impossible."""
+def _own_v2() -> Path | None:
+    """Our own cgroup v2 folder, where the runs' cgroups go."""
     mount = cgroup2_mount(_read("/proc/self/mountinfo") or "")
     own = own_cgroup(_read("/proc/self/cgroup") or "")
-    if mount is None or own is None:
-        return None
-    parent = cgroup_dir(mount, own)
+    return cgroup_dir(mount, own) if mount is not None and own is not None else None
+
+
+def _own_memory_v1() -> Path | None:
+    mount = v1_mount(_read("/proc/self/mountinfo") or "", "memory")
+    own = own_v1_cgroup(_read("/proc/self/cgroup") or "", "memory")
+    return cgroup_dir(mount, own) if mount is not None and own is not None else None
+
+
+def make_cgroup(name: str) -> Path | None:
+    """Create the run's cgroup below our own; None where that is impossible."""
+    return _make_below(_own_v2(), name)
+
+
+def make_memory_v1(name: str) -> Path | None:
+    """On a hybrid host, a v1 memory cgroup below our own, for peak memory."""
+    return _make_below(_own_memory_v1(), name)
+
+
+def _make_below(parent: Path | None, name: str) -> Path | None:
     if parent is None:
         return None
     path = parent / name
@@ -533,7 +581,10 @@ def open_run(run_id: str, env: Mapping[str, str]) -> RunProcesses:
     cgroup = None if env.get(ENGINE_VAR) == "marker" else make_cgroup(name)
     if cgroup is None:
         _set_child_subreaper()
-    return RunProcesses(marker=name, cgroup=cgroup, owner=pid, owner_start=process_start(pid))
+    # Peak memory: v2's memory.peak needs the memory controller enabled for us;
+    # where it is a v1 controller instead, a v1 memory cgroup measures it.
+    memory = make_memory_v1(name) if cgroup is not None and not (cgroup / "memory.peak").exists() else None
+    return RunProcesses(marker=name, cgroup=cgroup, owner=pid, owner_start=process_start(pid), memory_v1=memory)
 
 
 def containment_in_force(env: Mapping[str, str]) -> str:
@@ -548,6 +599,7 @@ def sweep_stale(state_root: Path, timeout: float = 5.0) -> list[str]:
     to do it), found by the records in every run's state folder below
     `state_root`. Returns the run ids swept."""
     swept: list[str] = []
+    _sweep_empty_cgroups()
     try:
         folders = [p for p in state_root.iterdir() if p.is_dir()]
     except OSError:
@@ -559,6 +611,24 @@ def sweep_stale(state_root: Path, timeout: float = 5.0) -> list[str]:
         if record.end(folder, timeout) is not None:
             swept.append(folder.name)
     return swept
+
+
+def _sweep_empty_cgroups() -> None:
+    """Remove the empty cgroups of runs whose supervisor is gone and whose state
+    folder no sweep will see again (a test's temporary FLYWHEEL_HOME, say): an
+    empty cgroup holds nothing, but they would pile up."""
+    for parent in (_own_v2(), _own_memory_v1()):
+        try:
+            entries = list(parent.iterdir()) if parent is not None else []
+        except OSError:
+            continue
+        for folder in entries:
+            pid = folder.name.rsplit("-", 1)[-1]
+            if not folder.name.startswith("flywheel-") or not pid.isdigit() or process_start(int(pid)) is not None:
+                continue
+            if not (_read(folder / "cgroup.procs") or "").strip() and not populated(
+                    _read(folder / "cgroup.events") or ""):
+                _remove_tree(folder)
 
 
 def sweep_left_processes(state_root: Path, say: Callable[[str], None]) -> None:
