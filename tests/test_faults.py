@@ -220,10 +220,11 @@ def test_normal_end_leaves_no_setsid_daemon(env: Env, backend: LocalBackend, eng
 
 
 def test_codex_timeout_leaves_no_process(env: Env, backend: LocalBackend) -> None:
-    run_id, proc, pids = launch_shapes(env, backend, "sleep=60", FLYWHEEL_CODEX_TIMEOUT="2")
-    code, err = finish(proc, timeout=30)
+    # Long enough for the fake to start its commands on a busy machine first.
+    run_id, proc, pids = launch_shapes(env, backend, "sleep=60", FLYWHEEL_CODEX_TIMEOUT="8")
+    code, err = finish(proc, timeout=40)
     assert code == 1, err
-    assert backend.run(run_id)["reason"].startswith("codex timed out after 2")
+    assert backend.run(run_id)["reason"].startswith("codex timed out after 8")
     assert not any(alive(p) for p in pids)
 
 

@@ -141,13 +141,14 @@ def test_codex_timeout_leaves_nothing(real: Env, backend: LocalBackend) -> None:
     with FakeModelServer([Exec(shapes.command)]) as model:
         run_id, token = backend.create_run(prompt="Train the model.")
         config = config_for(real, model, "danger-full-access")
+        # Long enough for the model's command to start on a busy machine first.
         proc = real.start("--run-id", run_id, "--config", str(config), "--server", backend.url,
-                          "--codex-timeout", "8", extra={"FLYWHEEL_RUN_TOKEN": token})
+                          "--codex-timeout", "15", extra={"FLYWHEEL_RUN_TOKEN": token})
         wait_running(shapes, proc)
         err = stop(proc)
         left = wait_no_processes(*shapes.all, str(real.workspace(run_id)), timeout=5)
     assert proc.returncode == 1, err
-    assert backend.run(run_id)["reason"].startswith("codex timed out after 8")
+    assert backend.run(run_id)["reason"].startswith("codex timed out after 15")
     assert not left, left
 
 
