@@ -514,10 +514,13 @@ def idle_many(bench: Bench, count: int, window: float) -> dict[str, Any]:
             time.sleep(window)
             pids = sampler.tool_pids()
             elapsed = time.monotonic() - t0
-            used = sum((cpu_seconds(p, children=True) or 0.0) - (before.get(p) or 0.0) for p in pids)
+            by_pid = {p: (cpu_seconds(p, children=True) or 0.0) - (before.get(p) or 0.0) for p in pids}
+            used = sum(by_pid.values())
             pss = sum(pss_kib(p) for p in pids) / 1024
+            busiest = sorted(by_pid, key=by_pid.__getitem__, reverse=True)[:3]
             found = {"cpu_pct_per_run": used / elapsed * 100 / count, "pss_mb_per_run": pss / count,
-                     "processes": len(pids), "window": elapsed}
+                     "processes": len(pids), "window": elapsed,
+                     "busiest": [(round(by_pid[p], 2), cmdline(p)[:60]) for p in busiest]}
             proc.wait(window + 120)
         finally:
             if proc.poll() is None:
@@ -803,7 +806,8 @@ class Session:
             r = idle_many(self.bench, 16, window)
             if r:
                 self.log(f"  ours     16 idle runs, rep {i + 1}: CPU {r['cpu_pct_per_run']:.3f}% of a core per run over "
-                         f"{r['window']:.0f} s, PSS {r['pss_mb_per_run']:.1f} MB per run ({r['processes']} processes)")
+                         f"{r['window']:.0f} s, PSS {r['pss_mb_per_run']:.1f} MB per run ({r['processes']} processes); "
+                         f"busiest: {r['busiest']}")
                 found.append(r)
         self.rows.append(Row("16 idle runs in one pool: CPU per run", median(r["cpu_pct_per_run"] for r in found),
                              None, "% of a core", "< 0.5%", "{:.3f}"))
