@@ -17,7 +17,7 @@ from backend_fixture import backend  # noqa: F401
 from loopback import serving
 from supervisor.local_backend import LocalBackend
 from workers.common.backend_client import Backend
-from workers.common.lean_http import ONE_WRITE_MAX
+from workers.common.lean_http import ONE_WRITE_MAX, OneWriteAdapter
 from workers.common.timing import Timing
 
 pytestmark = pytest.mark.timeout(60)
@@ -149,3 +149,20 @@ def test_posts_work_again_after_close(backend: LocalBackend) -> None:  # noqa: F
     assert client.post_once("/logs", entry(2)).status == 200
     client.close()
     assert [e["extra"]["seq"] for e in backend.entries(run_id)] == [1, 2]
+
+
+class _OldAdapter(OneWriteAdapter):
+    """An adapter as requests < 2.32.2 has it: no get_connection_with_tls_context."""
+
+    @property
+    def get_connection_with_tls_context(self) -> None:  # type: ignore[override]
+        raise AttributeError("get_connection_with_tls_context")
+
+
+@pytest.mark.filterwarnings("ignore:`get_connection` has been deprecated:DeprecationWarning")
+def test_older_requests_adapters_still_post(backend: LocalBackend) -> None:  # noqa: F811
+    run_id, token = backend.create_run()
+    with Backend(backend.url, run_id, token, TIMING) as client:
+        client._session.mount("http://", _OldAdapter())
+        assert client.post_once("/logs", entry(1)).status == 200
+    assert [e["extra"]["seq"] for e in backend.entries(run_id)] == [1]

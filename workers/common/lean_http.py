@@ -111,10 +111,15 @@ class LeanPoster:
         # A pool is closed when the adapter was (Session.close, or a reset
         # after an abandoned request): look it up again.
         if pool is None or pool.pool is None:
-            request = requests.PreparedRequest()
-            request.prepare(method="POST", url=self._base)
             adapter = self._session.get_adapter(self._base)
-            pool = adapter.get_connection_with_tls_context(request, verify=self._session.verify, cert=self._session.cert)
+            verify, cert = self._session.verify, self._session.cert
+            if hasattr(adapter, "get_connection_with_tls_context"):  # requests >= 2.32.2
+                request = requests.PreparedRequest()
+                request.prepare(method="POST", url=self._base)
+                pool = adapter.get_connection_with_tls_context(request, verify=verify, cert=cert)
+            else:  # older requests set TLS verification on the pool per request
+                pool = adapter.get_connection(self._base)
+                adapter.cert_verify(pool, self._base, verify, cert)
             self._pool = pool
         return pool
 
