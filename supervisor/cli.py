@@ -84,6 +84,8 @@ def _mention_leftover_spool(state_dir: Path) -> None:
 @click.option("--server", envvar="FLYWHEEL_SERVER", default=DEFAULT_SERVER, show_default=True,
               help="Flywheel backend base URL (env FLYWHEEL_SERVER).")
 @click.option("--runs", "runs_file", metavar="FILE", help="Run many runs from FILE ('-' = stdin); see README.")
+@click.option("--watch", is_flag=True, help="With --runs DIR: keep taking the *.runs files dropped into DIR, "
+              "moving each to DIR/done/ or DIR/failed/ when its runs end (a service; see README).")
 @click.option("--shard", metavar="K/N", help="With --runs: take every N-th run starting at K (0-based); "
               "default from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a Slurm job array.")
 @click.option("--max-parallel", type=click.IntRange(min=1), help="At most N runs at a time.")
@@ -95,13 +97,14 @@ def _mention_leftover_spool(state_dir: Path) -> None:
 @click.version_option(__version__, prog_name="flywheel-bootstrap")
 @click.pass_context
 def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path | None, server: str,
-        runs_file: str | None, shard: str | None, max_parallel: int | None, gpus_per_run: int | None,
+        runs_file: str | None, watch: bool, shard: str | None, max_parallel: int | None, gpus_per_run: int | None,
         heartbeat_interval: float | None, codex_timeout: float | None) -> None:
     """Run Flywheel jobs with Codex on this machine.
 
     \b
     One run:   flywheel-bootstrap --run-id ID --config config.toml   (token in FLYWHEEL_RUN_TOKEN)
     Many runs: flywheel-bootstrap --runs runs.txt --config config.toml
+    A service: flywheel-bootstrap --runs /var/lib/flywheel/inbox --watch --config config.toml
     Try it:    flywheel-bootstrap demo
     """
     if ctx.invoked_subcommand is not None:
@@ -111,10 +114,22 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
         if ctx.get_parameter_source("run_id") == click.core.ParameterSource.COMMANDLINE or \
                 ctx.get_parameter_source("token") == click.core.ParameterSource.COMMANDLINE:
             raise click.UsageError("--runs cannot be combined with --run-id/--token (put them in the runs file)")
+        if watch:
+            if shard is not None:
+                raise click.UsageError("--shard shares one runs file; it does not apply to --watch")
+            from supervisor.pool.main import run_watch
+
+            ctx.exit(run_watch(runs_file, config, server, max_parallel, gpus_per_run, heartbeat_interval,
+                               codex_timeout))
+        if Path(runs_file).expanduser().is_dir():
+            raise click.UsageError(f"--runs {runs_file} is a folder: add --watch to take the runs files "
+                                   "dropped into it, or name a runs file")
         from supervisor.pool.main import run_many
 
         ctx.exit(run_many(runs_file, config, server, max_parallel, gpus_per_run, heartbeat_interval,
                           codex_timeout, shard=shard))
+    if watch:
+        raise click.UsageError("--watch needs --runs DIR (the folder runs files are dropped into)")
     missing = [name for name, value in (("--run-id (or FLYWHEEL_RUN_ID)", run_id),
                                         ("--token (or FLYWHEEL_RUN_TOKEN)", token),
                                         ("--config", config)) if not value]

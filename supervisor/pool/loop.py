@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from supervisor.pool.children import (
 from supervisor.pool.decisions import (
     ChildArgv,
     GpuPlan,
+    GpuRequest,
     child_env,
     classify_exit,
     next_starts,
@@ -118,6 +120,22 @@ class RunSlot:
                          usage.cpu_seconds if usage else None, usage.peak_bytes if usage else None, self.mode)
 
 
+class Feed(Protocol):
+    """Runs that arrive while the pool works (`--runs DIR --watch`): the pool
+    asks for new ones at every turn, says when each starts (before its
+    supervisor exists) and how each ended, and keeps going, idle or not, until
+    a signal."""
+
+    def arrivals(self) -> list[tuple[RunSpec, GpuRequest]]: ...
+
+    def started(self, spec: RunSpec) -> None: ...
+
+    def ended(self, spec: RunSpec, state: str) -> None: ...
+
+    def close(self) -> None:
+        """Stop feeding: called when the pool ends, before its wake-up pipe closes."""
+
+
 class Wakeup:
     """What wakes the loop: a self-pipe written by signal handlers (through the
     wakeup fd), SIGCHLD and finished reports. SIGINT/SIGTERM are also noted in
@@ -176,10 +194,14 @@ class Pool:
         settings: PoolSettings,
         view: View,
         echo: Callable[[str], None],
+        feed: Feed | None = None,
     ) -> None:
         self.settings = settings
         self.runs = [RunSlot(spec, state_root / spec.run_id) for spec in specs]
         self._by_id = {run.spec.run_id: run for run in self.runs}
+        self._state_root = state_root
+        self._requests: dict[str, GpuRequest] = dict(settings.plan.requests)
+        self._feed = feed
         self._view = view
         self._echo = echo
         self._allocator = GpuAllocator(settings.plan.host)
@@ -209,6 +231,7 @@ class Pool:
             self._reap_exited()
             self._end_lingering()
             if self.interrupted_by is None:
+                self._admit()
                 self._start_waiting()
             elif self._cancel_overdue():
                 self.force_kill(
@@ -217,10 +240,37 @@ class Pool:
             now = time.monotonic()
             self._collect_reports()
             self._view.update([run.row(now) for run in self.runs], now)
-            if all(run.state in states.FINAL_STATES and run.post is None and run.lingering_since is None
-                   for run in self.runs):
+            done = [run for run in self.runs if run.state in states.FINAL_STATES and run.post is None
+                    and run.lingering_since is None]
+            if len(done) == len(self.runs) and (self._feed is None or self.interrupted_by is not None):
                 break
+            if self._feed is not None and self.interrupted_by is None:
+                self._forget(done)
             self._wakeup.wait(self.settings.tick)
+
+    def wake(self) -> None:
+        """Wake the loop now (from any thread): runs may have arrived."""
+        self._wakeup.wake()
+
+    def _admit(self) -> None:
+        if self._feed is None:
+            return
+        for spec, request in self._feed.arrivals():
+            if spec.run_id in self._by_id:
+                continue  # the feed never hands a run twice; a run id is still a key
+            run = RunSlot(spec, self._state_root / spec.run_id)
+            self.runs.append(run)
+            self._by_id[spec.run_id] = run
+            self._requests[spec.run_id] = request
+
+    def _forget(self, done: list[RunSlot]) -> None:
+        """A service's runs come and go: keep only those not over yet."""
+        if not done:
+            return
+        for run in done:
+            del self._by_id[run.spec.run_id]
+            self._requests.pop(run.spec.run_id, None)
+        self.runs = [run for run in self.runs if run.spec.run_id in self._by_id]
 
     def _handle_signals(self) -> None:
         while self._wakeup.signals:
@@ -266,7 +316,7 @@ class Pool:
         running = sum(1 for run in self.runs if run.state == states.RUNNING)
         starts, why = next_starts(
             waiting,
-            self.settings.plan.requests,
+            self._requests,
             self._allocator,
             running=running,
             max_parallel=self.settings.max_parallel,
@@ -295,6 +345,8 @@ class Pool:
     def start(self, run: RunSlot, gpus: tuple[str, ...] | None) -> None:
         run.gpus = gpus
         settings = self.settings
+        if self._feed is not None:
+            self._feed.started(run.spec)
         try:
             run.proc = spawn(
                 settings.argv_of(run.spec),
@@ -314,6 +366,8 @@ class Pool:
         run.ended = time.monotonic()
         if run.started is None:
             run.started = run.ended
+        if self._feed is not None:
+            self._feed.ended(run.spec, run.state)
 
     def reap(self, run: RunSlot) -> None:
         assert run.proc is not None
@@ -334,6 +388,8 @@ class Pool:
             run.entries = delivered
         outcome = classify_exit(returncode, cancelling=self.interrupted_by is not None)
         run.state, run.status, run.result = outcome.state, outcome.status, outcome.result
+        if self._feed is not None:
+            self._feed.ended(run.spec, run.state)
         if outcome.state == states.ERROR and returncode > 0:
             detail = last_output_line(run.log_path, run.spec.token)
             if detail:
@@ -390,6 +446,8 @@ class Pool:
                 end_run_processes(run.state_dir)
         self._abandon_posts.set()
         self._posts.shutdown(wait=True, cancel_futures=True)
+        if self._feed is not None:
+            self._feed.close()
         self._wakeup.close()
 
     def _finish(self) -> int:

@@ -16,6 +16,8 @@ from supervisor.pool import gpus as gpu_discovery
 from supervisor.pool import status_view as sv
 from supervisor.pool.decisions import (
     ChildArgv,
+    GpuPlan,
+    GpuRequest,
     plan_gpus,
     supervisor_argv,
 )
@@ -55,13 +57,9 @@ def run_many(runs_file: str, config: Path | None, server: str, max_parallel: int
     )
 
 
-def prepare_shared(
-    specs: Sequence[RunSpec], env: Mapping[str, str], echo: Callable[[str], None], *, is_tty: bool
-) -> dict[str, str]:
-    """Work done once for all runs, before any starts; returns the children's base
-    environment. Raises ConfigError (exit 2) or ProvisionError (exit 4)."""
+def check_configs(specs: Sequence[RunSpec], echo: Callable[[str], None]) -> None:
+    """Read every distinct config of the runs once; one ConfigError lists every bad one."""
     from supervisor.config import load_config
-    from supervisor.provision import find_codex, terminal_progress
 
     problems: list[str] = []
     for path in dict.fromkeys(spec.config for spec in specs):
@@ -78,6 +76,15 @@ def prepare_shared(
     if problems:
         raise ConfigError("\n".join(problems) + "\nno run was started")
 
+
+def prepare_shared(
+    specs: Sequence[RunSpec], env: Mapping[str, str], echo: Callable[[str], None], *, is_tty: bool
+) -> dict[str, str]:
+    """Work done once for all runs, before any starts; returns the children's base
+    environment. Raises ConfigError (exit 2) or ProvisionError (exit 4)."""
+    from supervisor.provision import find_codex, terminal_progress
+
+    check_configs(specs, echo)
     base = dict(env)
     codex = find_codex(
         env,
@@ -151,6 +158,16 @@ def run_pool(
         echo("interrupted before any run started")
         return EXIT_SIGINT
 
+    settings = _settings(plan, base_env, timing, max_parallel, heartbeat_interval, codex_timeout,
+                         is_tty=is_tty, child_argv=child_argv, cancel_grace=cancel_grace)
+    state_root = _state_root(env, echo)
+    view = _open_view(echo, is_tty=is_tty)
+    return Pool(specs, state_root, settings, view, echo).run()
+
+
+def _settings(plan: GpuPlan, base_env: Mapping[str, str], timing: Timing, max_parallel: int | None,
+              heartbeat_interval: float | None, codex_timeout: float | None, *, is_tty: bool,
+              child_argv: ChildArgv | None = None, cancel_grace: float | None = None) -> PoolSettings:
     if cancel_grace is None:
         # Time for each supervisor's own shutdown (Codex grace, spool flush, report).
         cancel_grace = timing.kill_grace + timing.flush_timeout + 30.0
@@ -159,7 +176,7 @@ def run_pool(
             spec, heartbeat_interval=heartbeat_interval, codex_timeout=codex_timeout
         )
     )
-    settings = PoolSettings(
+    return PoolSettings(
         plan=plan,
         base_env=base_env,
         argv_of=argv_of,
@@ -168,9 +185,66 @@ def run_pool(
         cancel_grace=cancel_grace,
         tick=0.25 if is_tty else 1.0,
     )
+
+
+def _state_root(env: Mapping[str, str], echo: Callable[[str], None]) -> Path:
+    """Where the runs keep their state; what earlier runs left running is ended first."""
     state_root = flywheel_home(env) / "state"
     sweep_left_processes(state_root, echo)
     echo(containment_in_force(env))
-    view = _open_view(echo, is_tty=is_tty)
-    return Pool(specs, state_root, settings, view, echo).run()
+    return state_root
 
+
+
+def run_watch(folder_text: str, config: Path | None, server: str, max_parallel: int | None,
+              gpus_per_run: int | None, heartbeat_interval: float | None, codex_timeout: float | None) -> int:
+    """`flywheel-bootstrap --runs DIR --watch`: a pool fed by the runs files dropped
+    into DIR (supervisor/pool/watch.py), until SIGTERM/SIGINT."""
+    import threading
+
+    from supervisor.pool.journal import Journal, journal_path
+    from supervisor.pool.report import post_error
+    from supervisor.pool.watch import FolderFeed
+
+    folder = Path(folder_text).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"--runs {folder_text} --watch: no such folder; create it (mkdir -p {folder}) "
+                          "or name the folder that runs files are dropped into")
+    if max_parallel is not None and max_parallel < 1:
+        raise ConfigError(f"--max-parallel {max_parallel}: give at least 1 (or leave it out)")
+    env = os.environ
+    echo: Callable[[str], None] = click.echo
+    is_tty = sys.stdout.isatty()
+    host = gpu_discovery.discover(env)
+    source = gpu_discovery.source_of(env)
+    plan = plan_gpus([], gpus_per_run, host, source)  # --gpus-per-run against the host
+    timing = Timing.from_env(env)
+    base_env = prepare_shared([], env, echo, is_tty=is_tty)
+
+    def read(path: Path) -> list[RunSpec]:
+        specs, warnings = read_runs(str(path), sys.stdin, default_config=config, default_server=server)
+        for warning in warnings:
+            echo(warning)
+        return specs
+
+    def plan_runs(specs: Sequence[RunSpec]) -> Mapping[str, GpuRequest]:
+        check_configs(specs, echo)
+        mine = plan_gpus(specs, gpus_per_run, host, source)
+        if mine.host != host:
+            raise ConfigError(f"its runs name GPUs, but this host has none ({source} lists none)")
+        return mine.requests
+
+    def report_lost(spec: RunSpec, reason: str) -> str:
+        return post_error(spec, reason, timing, threading.Event(), False)
+
+    journal = Journal(journal_path(flywheel_home(env), folder))
+    feed = FolderFeed(folder, journal, read, plan_runs, report_lost, echo)
+    settings = _settings(plan, base_env, timing, max_parallel, heartbeat_interval, codex_timeout, is_tty=is_tty)
+    pool = Pool([], _state_root(env, echo), settings, _open_view(echo, is_tty=is_tty), echo, feed=feed)
+    feed.wake = pool.wake
+    try:
+        feed.open()
+        echo(f"watching {folder} for *.runs files (GPUs: {','.join(host) or 'none'}; journal {journal.path})")
+        return pool.run()
+    finally:
+        feed.close()
