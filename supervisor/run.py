@@ -207,7 +207,7 @@ class RunSupervisor:
                     raise self.arbiter.failures[0]
                 self._take_commands(proc)
                 if proc.returncode is not None:
-                    end = CodexEnd(proc.returncode)
+                    end = CodexEnd(proc.returncode, cancelled_by=self._stopped_with_codex(proc.returncode))
                 elif self.interrupts.received:
                     self.echo(f"run {self.prep.settings.run_id}: {self.interrupts.name} received, stopping codex")
                     end = CodexEnd(self._stop(proc), cancelled_by=self.interrupts.name)
@@ -235,6 +235,18 @@ class RunSupervisor:
                        exit_code=code, duration_s=round(time.time() - started, 3))
         self.arbiter.send(HEARTBEAT, Phase(after), sticky=True)
         return end, start
+
+    def _stopped_with_codex(self, returncode: int) -> str | None:
+        """The interrupt's name when Codex died of the signal that is stopping
+        bootstrap too, else None. scancel and `systemctl stop` signal every
+        process of the job one by one, so Codex may die before our own signal
+        is here: after SIGTERM/SIGINT/SIGHUP to Codex, wait up to the kill grace
+        for it, so the run is reported cancelled, not failed."""
+        if -returncode in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            deadline = time.monotonic() + self.timing.kill_grace
+            while not self.interrupts.received and time.monotonic() < deadline:
+                self._poll(min(0.5, deadline - time.monotonic()))
+        return self.interrupts.name if returncode < 0 else None
 
     def _stop(self, proc: CodexProcess) -> int:
         """SIGTERM to Codex's group, SIGKILL to every process of the run after
@@ -527,13 +539,19 @@ class RunSupervisor:
 
     # -- the end ---------------------------------------------------------------
 
+    def _as_cancel(self, decision: Decision) -> Decision:
+        """After an interrupt the run is cancelled, unless it had failed for a
+        reason of its own (Codex killed by a signal is the same stop, not one)."""
+        if self.interrupts.received and (decision.action is not Action.ERROR or decision.codex_signalled):
+            return self._cancelled()
+        return decision
+
     def _finish(self, decision: Decision) -> int:
         """Deliver every entry, then the terminal report, then stop heartbeats."""
         fault_point("finish")
         self._stop_control()
         self._close_processes()
-        if self.interrupts.received and (decision.action is not Action.ERROR or decision.codex_signalled):
-            decision = self._cancelled()
+        decision = self._as_cancel(decision)
         if decision.action is Action.ERROR:
             self.log.write("error", f"run failed: {decision.reason}", "error")
         else:
@@ -553,8 +571,7 @@ class RunSupervisor:
         try:
             drained = self.wait_for(SHIPPER, Drained, "final", deadline.at)
         except Cancelled:
-            if decision.action is not Action.ERROR:
-                decision = self._cancelled()
+            decision = self._as_cancel(decision)
             deadline.start()
             drained = None
         if drained is None or self.fatal is not None:

@@ -138,6 +138,7 @@ class Job:
     output: Path = field(init=False)
     log: Path = field(init=False)
     gate: Path = field(init=False)
+    pidfile: Path = field(init=False)
 
     def __post_init__(self) -> None:
         tmp = self.env.tmp
@@ -148,10 +149,12 @@ class Job:
         self.output = tmp / "job.out"
         self.log = tmp / "codex.jsonl"
         self.gate = tmp / "gate"
+        self.pidfile = tmp / "shapes.pids"
 
     def variables(self, mode: str = "gate", gpus_per_run: int = 1) -> dict[str, str]:
         """The job's environment (sbatch exports the submitter's)."""
         return {
+            "FAKE_CODEX_PIDFILE": str(self.pidfile),
             **self.env.vars,
             "FLYWHEEL_BOOTSTRAP": f"{sys.executable} -m supervisor",
             "FLYWHEEL_SERVER": self.backend.url,
@@ -175,6 +178,23 @@ class Job:
     def exec_gpus(self) -> list[str]:
         """CUDA_VISIBLE_DEVICES of each `codex exec` the runs started, in order."""
         return [c["env"].get("CUDA_VISIBLE_DEVICES", "") for c in codex_starts(self.log)]
+
+    def shape_pids(self) -> list[int]:
+        """The processes the runs' commands left (the fake codex's `shapes` mode:
+        a nohup job, a setsid daemon, the foreground command, per run)."""
+        if not self.pidfile.exists():
+            return []
+        return [int(line.split()[1]) for line in self.pidfile.read_text().splitlines() if len(line.split()) == 2]
+
+    def wait_started(self, count: int) -> list[int]:
+        """Wait until `count` runs run Codex, each with its three left processes;
+        every pid of them."""
+        started = wait_codex_starts(self.log, count, timeout=90)
+        deadline = time.monotonic() + 90
+        while len(self.shape_pids()) < 3 * count:
+            assert time.monotonic() < deadline, f"the runs' commands did not start: {self.shape_pids()}"
+            time.sleep(0.05)
+        return [c["pid"] for c in started] + self.shape_pids()
 
     def read_output(self) -> str:
         return self.output.read_text() if self.output.exists() else ""
@@ -261,23 +281,25 @@ def wait_output(job: Job, text: str, timeout: float) -> str:
     raise AssertionError(f"{text!r} not in the job's output within {timeout:g}s:\n{job.read_output()}")
 
 
-def assert_all_cancelled(job: Job, backend: LocalBackend, started: list[dict[str, Any]]) -> str:
+def assert_all_cancelled(job: Job, backend: LocalBackend, started: list[int]) -> str:
     output = job.read_output()
     for rid, tok in job.runs:
         run = backend.run(rid)
         assert (run["state"], run["reason"]) == ("error", "cancelled (SIGTERM)"), (rid, run, output)
         assert tok not in output
-    # The pool ended on its own (its summary is there), and nothing of any run lives on.
+    # The pool ended on its own (its summary is there), and nothing of any run lives
+    # on: not Codex, not what its commands left (a setsid daemon is out of Slurm's
+    # sight with proctrack/linuxproc: only the run's own containment ends it).
     assert f"{len(job.runs)} runs: {len(job.runs)} cancelled" in output, output
-    assert wait_gone([c["pid"] for c in started], timeout=10) == []
+    assert wait_gone(started, timeout=10) == []
     return output
 
 
 def test_scancel_cancels_every_run_within_kill_wait(
         cluster: Cluster, env: Any, backend: LocalBackend) -> None:
     job = Job(env, backend, count=2)
-    job_id = job.submit(cluster, "--gres=gpu:2")
-    started = wait_codex_starts(job.log, 2, timeout=90)
+    job_id = job.submit(cluster, "--gres=gpu:2", mode="gate,shapes")
+    started = job.wait_started(2)
     # SIGTERM to every process of the job at once (pool, supervisors, workers, Codex),
     # SIGKILL to what is left after KillWait.
     subprocess.run(["scancel", job_id], check=True, timeout=30)
@@ -292,8 +314,8 @@ def test_time_limit_warning_signal_cancels_every_run(
         cluster: Cluster, env: Any, backend: LocalBackend) -> None:
     job = Job(env, backend, count=2)
     # The example asks for SIGTERM to the batch shell (the pool) 300 s before the limit.
-    job_id = job.submit(cluster, "--gres=gpu:2", "--time=60")
-    started = wait_codex_starts(job.log, 2, timeout=90)
+    job_id = job.submit(cluster, "--gres=gpu:2", "--time=60", mode="gate,shapes")
+    started = job.wait_started(2)
     # Bring the limit within the warning window: the controller signals the pool at
     # its next time-limit check, as it would 300 s before a real limit.
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=5"], check=True, timeout=30)
