@@ -35,7 +35,7 @@ from supervisor.pool.watch import (
     open_for_writing,
     ready_files,
 )
-from tests.test_pool import codex_starts, wait_codex_starts
+from tests.pool_host import codex_starts, wait_codex_starts
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "examples" / "flywheel-bootstrap.service"
