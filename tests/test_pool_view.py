@@ -65,3 +65,8 @@ def test_a_taken_over_run_shows_its_mode() -> None:
     view.update([sv.RunRow("r1", states.RUNNING, mode="interactive")], 2.0)
     view.update([sv.RunRow("r1", states.RUNNING, mode="autonomous")], 3.0)
     assert out == ["run r1: running", "run r1: running, taken over by a person (interactive)", "run r1: running"]
+    # Its mode becoming known is no change: one line per state change (a job's output file).
+    out.clear()
+    view.update([sv.RunRow("r2", states.RUNNING)], 0.0)
+    view.update([sv.RunRow("r2", states.RUNNING, mode="autonomous")], 1.0)
+    assert out == ["run r2: running"]

@@ -220,7 +220,7 @@ def gpu_clashes(output: str) -> list[str]:
         run_id, state, gpus = match.groups()
         if state == "running":
             for gpu in gpus.split(","):
-                if gpu in holder:
+                if holder.get(gpu, run_id) != run_id:
                     clashes.append(f"GPU {gpu}: {holder[gpu]} and {run_id}")
                 holder[gpu] = run_id
         elif state in ("complete", "error", "cancelled"):

@@ -199,12 +199,13 @@ class PlainView:
 
     def __init__(self, echo: Callable[[str], None]) -> None:
         self._echo = echo
-        self._seen: dict[str, tuple[str, str | None]] = {}
+        self._seen: dict[str, tuple[str, bool]] = {}
 
     def update(self, rows: Sequence[RunRow], now: float, *, force: bool = False) -> None:
         for row in rows:
-            # A run taken over or handed back is a change worth a line too.
-            seen = (row.state, row.mode if row.state == RUNNING else None)
+            # A run taken over or handed back is a change worth a line too (but
+            # not its mode becoming known: that line would say nothing new).
+            seen = (row.state, row.state == RUNNING and row.mode == "interactive")
             if self._seen.get(row.run_id) != seen:
                 self._seen[row.run_id] = seen
                 self._echo(plain_line(row))
