@@ -566,14 +566,15 @@ class RunSupervisor:
 
     def _drain(self, decision: Decision, deadline: FlushDeadline) -> Decision:
         """Wait until the log-shipper delivered everything spooled; an
-        interrupt meanwhile stops the wait (and cancels the run)."""
+        interrupt meanwhile cancels the run and bounds the wait by the flush
+        time (the spool still goes out, as far as it can in that time)."""
         self.arbiter.send(SHIPPER, Drain("final"), sticky=True)
         try:
             drained = self.wait_for(SHIPPER, Drained, "final", deadline.at)
         except Cancelled:
             decision = self._as_cancel(decision)
             deadline.start()
-            drained = None
+            drained = self.wait_for(SHIPPER, Drained, "final", deadline.at)
         if drained is None or self.fatal is not None:
             self.echo(f"run {self.prep.settings.run_id}: not every log entry could be delivered; "
                       f"they stay spooled in {self.state}")

@@ -9,47 +9,23 @@ them, and a ``git clone`` into an empty workspace still works.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 
 from supervisor.config import CodexConfig
 from workers.common.errors import ConfigError
 from workers.common.files import make_private_dir
-from workers.common.names import MANIFEST_NAME
+from workers.common.names import MANIFEST_NAME, run_id_problem
 
 RUN_ID_PLACEHOLDER = "<run_id>"
-MAX_RUN_ID_LENGTH = 128
-
-# A run id becomes a path component and a URL path segment, so only characters
-# that are safe in both are allowed; the first must be a letter or digit, which
-# also rules out ".", ".." and ids that look like command-line options.
-_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
 def validate_run_id(run_id: str) -> None:
-    """Raise ConfigError unless ``run_id`` is 1-128 characters of
-    ``[A-Za-z0-9._-]`` starting with a letter or digit and without ``..``."""
+    """Raise ConfigError unless ``run_id`` follows the one rule for run ids
+    (workers.common.names.run_id_problem)."""
     if not run_id:
         raise ConfigError("run id is empty; pass --run-id or set FLYWHEEL_RUN_ID")
-    shown = repr(run_id) if len(run_id) <= 80 else repr(run_id[:80]) + "…"
-    if len(run_id) > MAX_RUN_ID_LENGTH:
-        raise ConfigError(
-            f"run id {shown} is {len(run_id)} characters long; at most {MAX_RUN_ID_LENGTH} allowed"
-        )
-    if any(c.isspace() for c in run_id):
-        raise ConfigError(f"run id {shown} contains white space")
-    if any(ord(c) < 32 or ord(c) == 127 for c in run_id):
-        raise ConfigError(f"run id {shown} contains control characters")
-    if "/" in run_id or "\\" in run_id:
-        raise ConfigError(f"run id {shown} contains a slash; it must be a single path component")
-    if ".." in run_id:
-        raise ConfigError(f"run id {shown} contains '..'")
-    if not _RUN_ID_RE.fullmatch(run_id):
-        raise ConfigError(
-            f"run id {shown} is not valid: use letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit"
-        )
+    problem = run_id_problem(run_id)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def resolve_workspace(cfg: CodexConfig, run_id: str, home: Path) -> Path:
@@ -76,7 +52,13 @@ def prepare_workspace(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"workspace {path} exists but is not a folder; set cd to a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # Others must not read the prompt or a cloned private repo; a
+            # folder the user made keeps the mode they gave it.
+            path.mkdir(parents=True, mode=0o700)
+            os.chmod(path, 0o700)
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise ConfigError(
             f"workspace {path} cannot be created: {exc.strerror or exc}; "

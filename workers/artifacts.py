@@ -144,7 +144,10 @@ def _resolve(root: str, given: str) -> str:
     lands outside root."""
     if "\0" in given:
         raise _Refused("contains a NUL character")
-    real = os.path.realpath(os.path.join(root, given))
+    try:
+        real = os.path.realpath(os.path.join(root, given))
+    except ValueError:  # a lone surrogate ("\ud800") names no file
+        raise _Refused("is not a valid file name") from None
     if not _is_inside(real, root):
         raise _Refused("resolves outside the workspace")
     return real
@@ -674,10 +677,14 @@ def _git_names(root: str, given: str) -> set[Path]:
     joined = os.path.join(root, given)
     # The entry git tracks: its folder resolved, its own name kept, so a
     # symlinked artifact is unstaged as the link itself.
-    parent = os.path.realpath(os.path.dirname(joined))
+    try:
+        parent = os.path.realpath(os.path.dirname(joined))
+        resolved = os.path.realpath(joined)
+    except ValueError:  # a lone surrogate names no file
+        return set()
     entry = os.path.join(parent, os.path.basename(joined))
     names: set[Path] = set()
-    for candidate in (entry, os.path.realpath(joined)):
+    for candidate in (entry, resolved):
         if candidate == root or not _is_inside(candidate, root):
             continue
         try:

@@ -357,6 +357,23 @@ def encode_codex_line(created_at: str, line: bytes, redactor: Redactor, seq: int
         return encode_entry(created_at, entry, seq), entry
 
 
+# Bootstrap's messages are capped before cleaning, so a runaway string costs
+# bounded work; the message itself is cut to MESSAGE_MAX_CHARS afterwards.
+_BOOTSTRAP_MESSAGE_MAX_CHARS = 16 * 1024
+
+
+def bootstrap_record(record: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """One of bootstrap's own entries (a line of bootstrap.jsonl) made
+    shippable like Codex's: its message cleaned of terminal codes and cut to
+    4,000 characters, its `extra` bounded (a stderr tail or a git file list can
+    be anything)."""
+    message = record.get("message")
+    text, _ = cap_text(message if isinstance(message, str) else str(message), _BOOTSTRAP_MESSAGE_MAX_CHARS, redactor)
+    extra = record.get("extra")
+    fields, _ = cap_value(extra if isinstance(extra, dict) else {}, redactor)
+    return {**record, "message": clean_message(text, redactor), "extra": fields}
+
+
 # ----------------------------------------------------------- wire format
 
 

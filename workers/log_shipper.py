@@ -26,7 +26,14 @@ import orjson
 from workers.common.backend_client import Backend
 from workers.common.timing import Timing
 from workers.file_watch import warn_once_per_run, watch_files
-from workers.log_entries import add_usage, encode_codex_line, token_usage, too_large_placeholder
+from workers.log_entries import (
+    add_usage,
+    bootstrap_record,
+    encode_codex_line,
+    encode_json,
+    token_usage,
+    too_large_placeholder,
+)
 from workers.common.redact import Redactor
 from workers.common.wake import WakePipe
 from workers.messages import Command, Drain, Drained, RunCannotGoOn, Stop, unexpected
@@ -157,8 +164,9 @@ class Shipper:
             while ci < codex_before:
                 take_codex(codex_lines[ci])
                 ci += 1
+            record = bootstrap_record(record, self.redactor)
             record["extra"]["seq"] = seq
-            out.append(orjson.dumps(record))
+            out.append(encode_json(record))
             seq += 1
         for line in codex_lines[ci:]:
             take_codex(line)

@@ -3,6 +3,7 @@ or SIGTERM, with a few lines on how to use it."""
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import threading
 from collections.abc import Callable
@@ -18,6 +19,16 @@ DEFAULT_PORT = 8000
 
 def default_db_path() -> Path:
     return flywheel_home() / "local-backend.sqlite3"
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` (a name or an address) only ever means this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def serve_instructions(url: str, db_path: Path) -> list[str]:
@@ -58,6 +69,10 @@ def serve(
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, on_signal)
         try:
+            if not is_loopback(host):
+                echo(f"warning: the admin API (/admin/...: create runs, read their entries, inject faults) has "
+                     f"no authentication and now listens on {host}, beyond this machine; bind to 127.0.0.1 "
+                     "unless every host that can reach it is trusted")
             for line in serve_instructions(backend.url, path):
                 echo(line)
             stop.wait()

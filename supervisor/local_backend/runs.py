@@ -3,12 +3,13 @@ vocabularies (states, log levels, request kinds) the other modules share."""
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from workers.common.names import run_id_problem
 
 
 TERMINAL_STATES = frozenset({"complete", "error"})
@@ -27,7 +28,6 @@ KINDS = (
     "control_ack",
 )
 SECRET_KEYS = ("github_token", "wandb_api_key", "hf_token")
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def now_iso() -> str:
@@ -62,8 +62,9 @@ def new_run_from_mapping(raw: Mapping[str, Any]) -> NewRun:
         if value is not None and (not isinstance(value, str) or not value):
             raise ValueError(f"{key!r} must be a non-empty string")
     run_id = raw.get("run_id")
-    if run_id is not None and not _RUN_ID_RE.match(run_id):
-        raise ValueError("'run_id' may only hold letters, digits, '-' and '_' (1-64)")
+    problem = run_id_problem(run_id) if run_id is not None else None
+    if problem is not None:
+        raise ValueError(problem)  # the rule bootstrap itself applies
     repo_context = raw.get("repo_context")
     if repo_context is not None and not isinstance(repo_context, Mapping):
         raise ValueError("'repo_context' must be an object")

@@ -4,6 +4,7 @@ reads) and the conversion of its rows to what tests and the admin API see."""
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 import sqlite3
 import threading
@@ -109,6 +110,10 @@ class Store:
     def __init__(self, db_path: Path) -> None:
         try:
             db_path.parent.mkdir(parents=True, exist_ok=True)
+            # It holds run tokens: 0600 before SQLite writes anything (its
+            # -wal and -shm files take the database file's mode).
+            os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.chmod(db_path, 0o600)
             conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
