@@ -77,6 +77,7 @@ class _Slot:
     sticky: list[Command] = field(default_factory=list)
     last_exit: str = ""
     gave_up: bool = False
+    deaths: int = 0  # in all, quick or not
 
 
 class Arbiter:
@@ -113,6 +114,7 @@ class Arbiter:
             liveness=self.mp.Value("d", time.monotonic(), lock=False),
             run_processes=self.run_processes,
             parent_pid=os.getpid(),
+            stall_limit=self.timing.stall_limit,
         )
         log_path = self.state_dir / f"worker-{slot.spec.name}.log"
         proc = self.mp.Process(
@@ -141,6 +143,10 @@ class Arbiter:
             slot.sticky.append(message)
         if slot.channels is not None and slot.restart_at is None:
             slot.channels.commands.put(message)
+
+    def deaths(self, name: str) -> int:
+        """How many times `name` died (and was replaced, or given up on)."""
+        return self.slots[name].deaths
 
     def gave_up(self, name: str) -> bool:
         return self.slots[name].gave_up
@@ -217,6 +223,7 @@ class Arbiter:
     def _schedule_restart(self, slot: _Slot, why: str) -> None:
         now = time.monotonic()
         slot.last_exit = why
+        slot.deaths += 1
         plan = after_death(slot.quick_deaths, now - slot.started_at, self.timing.max_restarts)
         slot.quick_deaths = plan.quick_deaths
         if plan.give_up:

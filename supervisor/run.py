@@ -160,14 +160,16 @@ class RunSupervisor:
         self.echo(f"run {self.prep.settings.run_id}: {line}")
         self.log.write("warning", line, "warning")
 
-    def wait_for(self, worker: str, kind: type[AnswerT], job: str, deadline: float | None) -> AnswerT | None:
-        """Supervise until `worker` answers `job` with a `kind` event, or the deadline."""
+    def wait_for(self, worker: str, kind: type[AnswerT], job: str, deadline: float | None,
+                 hopeless: Callable[[], bool] = lambda: False) -> AnswerT | None:
+        """Supervise until `worker` answers `job` with a `kind` event, or the
+        deadline, or until waiting longer is `hopeless()`."""
         while deadline is None or time.monotonic() < deadline:
             answer = self.answers.pop((kind, job), None)
             if answer is not None:
                 assert isinstance(answer, kind)
                 return answer
-            if self.arbiter.gave_up(worker):
+            if self.arbiter.gave_up(worker) or hopeless():
                 return None
             timeout = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             self._poll(timeout)
@@ -481,10 +483,18 @@ class RunSupervisor:
         job = f"artifacts-{time.time_ns()}"  # a restarted run posts its artifacts again
         self.arbiter.send(WATCHER, PostArtifacts(job), sticky=True)
         deadline = time.monotonic() + self.timing.flush_timeout if self.interrupts.received else None
+        # The watcher reports progress per artifact and per block sent, so it
+        # is only replaced when it really stops; a job it keeps dying on (even
+        # slowly, which the restart limit does not count) is given up.
+        deaths = self.arbiter.deaths(WATCHER)
+        hopeless = lambda: self.arbiter.deaths(WATCHER) - deaths > self.timing.max_restarts  # noqa: E731
         try:
-            done = self.wait_for(WATCHER, ArtifactsPosted, job, deadline)
+            done = self.wait_for(WATCHER, ArtifactsPosted, job, deadline, hopeless)
         except Cancelled:
-            done = self.wait_for(WATCHER, ArtifactsPosted, job, time.monotonic() + self.timing.flush_timeout)
+            done = self.wait_for(WATCHER, ArtifactsPosted, job, time.monotonic() + self.timing.flush_timeout, hopeless)
+        if done is None and hopeless():
+            self._notify(f"artifacts not posted: the artifact-watcher died {self.timing.max_restarts + 1} times "
+                         "while posting them")
         if done:
             self.posted = done.posted
             self.echo(f"run {self.prep.settings.run_id}: {done.posted} artifact(s) posted"

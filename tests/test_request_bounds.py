@@ -96,11 +96,14 @@ def test_a_4_mib_checkpoint_over_a_slow_uplink_is_posted_once(env: Env, backend:
     (workspace / "model.pt").write_bytes(os.urandom(4 * 1024 * 1024))
     backend.set_faults(body_rate_bps=500_000, paths=["/artifacts"])  # about 11 s for 5.6 MB of JSON
     manifest = json.dumps([{"artifact_type": "checkpoint", "payload": {"path": "model.pt"}}])
+    # The upload lasts far longer than the watcher may go without progress:
+    # its progress is counted per block sent, so it is never taken for a hang.
     result = env.run("--run-id", run_id, "--config", str(env.config()), "--server", backend.url, timeout=170,
                      extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "manifest_json",
-                            "FAKE_CODEX_MANIFEST": manifest})
+                            "FAKE_CODEX_MANIFEST": manifest, "FLYWHEEL_TIMING_STALL_LIMIT": "1"})
     assert result.returncode == 0, result.stderr
     assert backend.run(run_id)["state"] == "complete"
     artifacts = backend.artifacts(run_id)
     assert [a["artifact_type"] for a in artifacts] == ["checkpoint"], "posted once, never re-sent"
     assert backend.request_counts(run_id).get("artifacts") == 1
+    assert not any("hung" in e["message"] for e in backend.entries(run_id))

@@ -114,3 +114,20 @@ def test_serve_beyond_loopback_warns_about_the_admin_api(tmp_path: Path) -> None
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_the_posted_list_is_appended_to_and_survives_a_torn_line(tmp_path: Path) -> None:
+    from workers.artifact_watcher import PostedList
+
+    path = tmp_path / "artifacts.json"
+    first = PostedList(path, "job-1")
+    for index in range(1000):
+        first.add(index)
+    assert path.stat().st_size < 10_000, "one short line per artifact, never the whole list again"
+    with open(path, "ab") as f:
+        f.write(b"10")  # a worker killed mid-append
+    again = PostedList(path, "job-1")
+    assert again.done == set(range(1000))
+    again.add(5000)
+    assert PostedList(path, "job-1").done == set(range(1000)) | {5000}
+    assert PostedList(path, "job-2").done == set(), "another job starts over"

@@ -9,6 +9,7 @@ posting everything twice.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ from workers.common.redact import Redactor
 from workers.common.wake import WakePipe
 from workers.messages import ArtifactsPosted, Command, PostArtifacts, Stop, unexpected
 from workers.runtime import Mailbox
-from workers.common.files import write_private
+from workers.common.files import open_private, write_all, write_private
 from workers.common.names import MANIFEST_NAME
-from workers.common.spool import EntryLog
+from workers.common.spool import EntryLog, terminate_last_line
 
 POSTED_STATE = "artifacts.json"
 IDLE_WAIT = 5.0
@@ -43,12 +44,37 @@ class WatcherConfig:
     timing: Timing = field(default_factory=Timing)
 
 
-def _load_posted(path: Path, job: str) -> set[int]:
-    try:
-        raw = orjson.loads(path.read_bytes())
-        return set(raw["done"]) if raw.get("job") == job else set()
-    except (FileNotFoundError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return set()
+class PostedList:
+    """Which artifacts of a job were posted: `artifacts.json` holds the job on
+    its first line, then one line per artifact done, appended (rewriting the
+    whole list after each artifact would cost time quadratic in their number).
+    A torn last line (a worker killed mid-append) is ignored."""
+
+    def __init__(self, path: Path, job: str) -> None:
+        self.path = path
+        self.done = self._load(job)
+        if self.done is None:
+            write_private(path, orjson.dumps({"job": job}) + b"\n")
+            self.done = set()
+        else:
+            terminate_last_line(path)  # a torn line must not run into the next
+
+    def _load(self, job: str) -> set[int] | None:
+        try:
+            lines = self.path.read_bytes().split(b"\n")
+            if orjson.loads(lines[0]).get("job") != job:
+                return None
+        except (FileNotFoundError, orjson.JSONDecodeError, AttributeError):
+            return None
+        return {int(line) for line in lines[1:] if line.isdigit()}
+
+    def add(self, index: int) -> None:
+        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            write_all(fd, b"%d\n" % index)
+        finally:
+            os.close(fd)
+        self.done.add(index)
 
 
 class Watcher:
@@ -84,11 +110,11 @@ class Watcher:
         read = read_manifest(self.manifest)
         for warning in read.warnings:
             self.log.write("warning", f"artifact manifest: {warning}", "warning")
-        posted_path = self.cfg.state_dir / POSTED_STATE
-        done = _load_posted(posted_path, job)
+        done = PostedList(self.cfg.state_dir / POSTED_STATE, job)
         posted = skipped = 0
         for index, artifact in enumerate(read.artifacts):
-            if index in done:
+            self.mb.tick()  # progress: one artifact more
+            if index in done.done:
                 posted += 1
                 continue
             result = enrich(artifact, self.cfg.workspace, self.cfg.blob_threshold)
@@ -97,7 +123,9 @@ class Watcher:
             if result.artifact is None:
                 skipped += 1
                 continue
-            answer = backend.post("/artifacts", result.artifact, sleep=self._sleep)
+            # Progress is counted per block of the body sent, so a long upload
+            # that keeps moving is never taken for a hang.
+            answer = backend.post("/artifacts", result.artifact, sleep=self._sleep, progress=self.mb.tick)
             if answer.ok:
                 posted += 1
             elif not self.stopping:
@@ -111,7 +139,6 @@ class Watcher:
             if self.stopping:
                 break
             done.add(index)
-            write_private(posted_path, orjson.dumps({"job": job, "done": sorted(done)}))
         return posted, skipped
 
     def _sleep(self, seconds: float) -> bool:

@@ -57,6 +57,7 @@ class Channels:
     liveness: Any  # shared c_double: monotonic time of the last tick
     run_processes: RunProcesses
     parent_pid: int
+    stall_limit: float = STALL_LIMIT  # main-loop silence taken for a hang
 
 
 class Mailbox:
@@ -96,7 +97,7 @@ def _ticker(mailbox: Mailbox, state_dir: Path) -> None:
     while True:
         if os.getppid() != channels.parent_pid:
             _orphaned(channels, state_dir)
-        if mailbox.progress_age < STALL_LIMIT:
+        if mailbox.progress_age < channels.stall_limit:
             channels.liveness.value = time.monotonic()
         time.sleep(TICK_EVERY)
 

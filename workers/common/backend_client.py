@@ -92,11 +92,13 @@ class Backend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def post_once(self, path: str, body: bytes | dict[str, Any]) -> Answer:
-        """One attempt. Transport failures come back as Answer(0) with no exception."""
+    def post_once(self, path: str, body: bytes | dict[str, Any],
+                  progress: Callable[[], None] | None = None) -> Answer:
+        """One attempt. Transport failures come back as Answer(0) with no
+        exception. `progress()` is called as a big body's bytes go out."""
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         try:
-            status, content = self._poster.post(path, data)
+            status, content = self._poster.post(path, data, progress)
         except TransportError:
             return Answer(0)
         return Answer(status, content)
@@ -125,6 +127,7 @@ class Backend:
         keep_trying: Callable[[], bool] = lambda: True,
         sleep: Callable[[float], bool] | None = None,
         attempt: Callable[[Callable[[], Answer]], Answer] | None = None,
+        progress: Callable[[], None] | None = None,
     ) -> Answer:
         """Post until answered with a status that is not worth retrying, or until
         `keep_trying()` says stop. `sleep(seconds)` waits between tries and may
@@ -132,7 +135,8 @@ class Backend:
         runs each try (e.g. under a deadline)."""
         tries = 0
         while True:
-            answer = self.post_once(path, body) if attempt is None else attempt(lambda: self.post_once(path, body))
+            answer = (self.post_once(path, body, progress) if attempt is None
+                      else attempt(lambda: self.post_once(path, body, progress)))
             if answer.status and answer.status not in RETRYABLE_STATUS:
                 return answer
             if not keep_trying():

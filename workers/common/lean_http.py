@@ -13,7 +13,7 @@ carry the run token to another host). benchmarks/README.md has the numbers.
 
 from __future__ import annotations
 
-import io
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -22,7 +22,7 @@ from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Retry, Timeout
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError
 
-from workers.common.stall_timeout import StallTimeout
+from workers.common.stall_timeout import StallTimeout, StreamedBody
 
 # What a transport failure raises from `LeanPoster.post`: urllib3's errors, and
 # the OSError a socket can raise between them.
@@ -123,7 +123,7 @@ class LeanPoster:
             self._pool = pool
         return pool
 
-    def post(self, path: str, data: bytes) -> tuple[int, bytes]:
+    def post(self, path: str, data: bytes, progress: Callable[[], None] | None = None) -> tuple[int, bytes]:
         """(status, body) of one POST to base + path; raises TransportError."""
         # One dict for every call: urllib3 only reads it, and a poster is used
         # by one thread at a time (each process makes its own Backend).
@@ -132,7 +132,7 @@ class LeanPoster:
         r = self._current_pool().urlopen(
             "POST",
             self._prefix + path,
-            body=data if len(data) <= ONE_WRITE_MAX else io.BytesIO(data),
+            body=data if len(data) <= ONE_WRITE_MAX else StreamedBody(data, progress),
             headers=headers,
             retries=self._retries,
             redirect=False,

@@ -14,11 +14,13 @@ makes none for the connect timeout is.
 from __future__ import annotations
 
 import fcntl
+import io
 import select
 import socket
 import struct
 import termios
 import time
+from collections.abc import Callable
 from typing import Any
 
 _POLL = 0.05
@@ -34,7 +36,20 @@ def unacknowledged(sock: socket.socket) -> int:
     return int(struct.unpack("i", raw)[0])
 
 
-def wait_delivered(sock: socket.socket, stall: float) -> None:
+class StreamedBody(io.BytesIO):
+    """A body urllib3 reads (and sends) block by block; `progress()` hears of
+    every block, and of every acknowledgement after the last."""
+
+    def __init__(self, data: bytes, progress: Callable[[], None] | None = None) -> None:
+        super().__init__(data)
+        self.progress = progress or (lambda: None)
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.progress()
+        return super().read(size)
+
+
+def wait_delivered(sock: socket.socket, stall: float, progress: Callable[[], None] = lambda: None) -> None:
     """Return once the peer acknowledged everything sent, or answered; raise
     TimeoutError when nothing moved for `stall` seconds."""
     left = unacknowledged(sock)
@@ -46,6 +61,7 @@ def wait_delivered(sock: socket.socket, stall: float) -> None:
         now_left = unacknowledged(sock)
         if now_left < left:
             moved_at = time.monotonic()
+            progress()
         elif time.monotonic() - moved_at > stall:
             raise TimeoutError(f"upload stalled: {now_left} bytes unacknowledged for {stall:g} s")
         left = now_left
@@ -61,4 +77,5 @@ class StallTimeout:
         sock = getattr(self, "sock", None)
         if hasattr(body, "read") and sock is not None:
             timeout = getattr(self, "timeout", None)
-            wait_delivered(sock, timeout if isinstance(timeout, (int, float)) else 10.0)
+            wait_delivered(sock, timeout if isinstance(timeout, (int, float)) else 10.0,
+                           getattr(body, "progress", lambda: None))

@@ -24,6 +24,9 @@ class Timing:
     flush_timeout: float = 15.0
     # A worker whose liveness tick is older than this is killed and replaced.
     liveness_timeout: float = 10.0
+    # A worker whose main loop made no progress this long is hung even though
+    # its liveness thread still ticks (every blocking call is bounded below it).
+    stall_limit: float = 120.0
     # Capped exponential backoff for telemetry calls.
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
