@@ -504,7 +504,7 @@ def idle_many(bench: Bench, count: int, window: float) -> dict[str, Any]:
             deadline = time.time() + 120
             while not all((bench.times / f"{rid}.idle").exists() for rid, _ in created):
                 if proc.poll() is not None or time.time() > deadline:
-                    bench.log(f"  !! idle runs: not every run reached its idle period")
+                    bench.log("  !! idle runs: not every run reached its idle period")
                     return found
                 time.sleep(0.1)
             time.sleep(3.0)  # the lines before the pause are shipped; start-up work is done

@@ -104,7 +104,7 @@ def main() -> None:
                 backend.queue_command(run_id, "resume_autonomous")
             gate.touch()
             proc.wait(120)
-    print(f"| measure | n | p50 | p95 | max |\n| --- | --- | --- | --- | --- |")
+    print("| measure | n | p50 | p95 | max |\n| --- | --- | --- | --- | --- |")
     for name, values in (("first poll after Codex starts", first_polls),
                          ("take_over ack (stops Codex)", take_over),
                          ("ack, idle backend", acks)):

@@ -78,6 +78,7 @@ def main() -> int:
     root = str(args.root.resolve())
     sys.path[:0] = [root, str(HERE)]
     from steady_codex import body_line
+
     from workers.common.spool import CODEX_OUT, OUTBOX
     from workers.log_shipper import Shipper, ShipperConfig
 

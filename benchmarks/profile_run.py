@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supervisor.local_backend import LocalBackend
+from supervisor.local_backend import LocalBackend  # noqa: E402 - after the sys.path line above
 
 STEADY_CODEX = ROOT / "benchmarks" / "steady_codex.py"
 

@@ -126,11 +126,13 @@ def run_exec(argv: list[str]) -> int:
     else:
         paced(0, lines, rate, start)
     (ws / "report.md").write_text(f"# Benchmark report\n\n{lines} lines printed.\n")
-    event({"type": "item.completed", "item": {"id": "item_f", "type": "file_change",
-                                              "changes": [{"path": "report.md", "kind": "add"}], "status": "completed"}})
+    changes = [{"path": "report.md", "kind": "add"}]
+    event({"type": "item.completed", "item": {"id": "item_f", "type": "file_change", "changes": changes,
+                                              "status": "completed"}})
     write_atomic(ws / MANIFEST, json.dumps([{"artifact_type": "text", "payload": {"path": "report.md"}}]))
     event({"type": "item.completed", "item": {"id": "item_m", "type": "agent_message", "text": "Done."}})
-    event({"type": "turn.completed", "usage": {"input_tokens": 24763, "cached_input_tokens": 24448, "output_tokens": 122}})
+    usage = {"input_tokens": 24763, "cached_input_tokens": 24448, "output_tokens": 122}
+    event({"type": "turn.completed", "usage": usage})
     end = time.time()
     if times_dir:
         write_atomic(Path(times_dir, f"{name}.json"),

@@ -21,11 +21,11 @@ import orjson
 from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
 
 from supervisor.signals import describe_exit
-from workers.common.timing import Timing
-from workers.run_processes import RunProcesses
-from workers.messages import Command, Event, Stop
-from workers.runtime import Channels, run_worker
 from workers.common.files import write_private
+from workers.common.timing import Timing
+from workers.messages import Command, Event, Stop
+from workers.run_processes import RunProcesses
+from workers.runtime import Channels, run_worker
 
 # A worker that lived this long before dying is not "dying instantly".
 STABLE_AFTER = 5.0

@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from supervisor import __version__
-from workers.common.errors import EXIT_OK, EXIT_SIGINT, EXIT_USAGE, BootstrapError
 from supervisor.settings import RunSettings
+from workers.common.errors import EXIT_OK, EXIT_SIGINT, EXIT_USAGE, BootstrapError
 from workers.common.files import flywheel_home
 from workers.common.timing import Timing
 
@@ -34,10 +34,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def run_single(run_id: str, token: str, config: Path, server: str, timing: Timing) -> int:
-    from workers.common.backend_client import Backend
     from supervisor.preflight import prepare
     from supervisor.run import supervise
     from supervisor.signals import Interrupts
+    from workers.common.backend_client import Backend
     from workers.run_processes import sweep_left_processes
 
     settings = RunSettings(

@@ -63,7 +63,7 @@ def codex_config(cfg: CodexConfig, home: Path) -> dict[str, Any]:
     """The config Codex gets: the user's, minus bootstrap's keys, ``~/`` expanded
     against ``home``, ``writable_roots`` absolute."""
     data = {k: copy.deepcopy(v) for k, v in cfg.raw.items() if k not in BOOTSTRAP_ONLY_KEYS}
-    data = _expand_tilde(data, home)
+    data = dict(_expand_tilde(data, home))
     section = data.get("sandbox_workspace_write")
     if isinstance(section, dict) and "writable_roots" in section:
         section["writable_roots"] = [str(p) for p in cfg.writable_roots]

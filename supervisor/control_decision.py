@@ -49,7 +49,7 @@ class Ack:
         return {"status": self.status.value, "detail": self.detail}
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> "Ack":
+    def from_json(cls, raw: Mapping[str, Any]) -> Ack:
         return cls(AckStatus(raw["status"]), str(raw.get("detail", "")))
 
 

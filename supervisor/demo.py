@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.common.errors import ConfigError
 from supervisor.local_backend import LocalBackend
+from workers.common.errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 120.0
 # After SIGTERM a bootstrap stops Codex (10 s grace) and flushes its spool.

@@ -36,6 +36,7 @@ from workers.common.errors import ConfigError
 from workers.common.files import write_private
 from workers.common.names import MANIFEST_NAME, PROMPT_NAME
 from workers.common.redact import mask, mask_url_userinfo
+
 CREDENTIALS_NAME = "git-credentials"
 # Written once the clone is ready; persist() refuses to touch a repository without
 # it, so a workspace that merely happens to be a git repository is never pushed.
@@ -183,7 +184,7 @@ class RepoContext:
     fork_fields: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_payload(cls, d: object) -> "RepoContext":
+    def from_payload(cls, d: object) -> RepoContext:
         """Validate the payload's `repo_context`; RepoContextError says what is wrong."""
         if not isinstance(d, Mapping):
             raise RepoContextError(f"repo_context is a {type(d).__name__}, not an object")

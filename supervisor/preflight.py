@@ -13,12 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.common.backend_client import validate_server_url
 from supervisor.codex_home import prepare_codex_home
 from supervisor.config import DEFAULT_SANDBOX_MODE, NO_SANDBOX_MODE, CodexConfig, load_config, sandbox_args
-from workers.common.errors import ConfigError
-from supervisor.pool import gpus as gpu_discovery
 from supervisor.git_persist import max_commit_file_bytes
+from supervisor.pool import gpus as gpu_discovery
 from supervisor.provision import CodexCommand, find_codex, login_ok, terminal_progress
 from supervisor.settings import RunSettings
 from supervisor.workspace import (
@@ -29,6 +27,8 @@ from supervisor.workspace import (
     validate_run_id,
 )
 from workers.artifacts import blob_threshold_from_env
+from workers.common.backend_client import validate_server_url
+from workers.common.errors import ConfigError
 
 LOGIN_HELP = (
     "Codex is not logged in. Run `codex login` on this machine (or "

@@ -372,6 +372,7 @@ class RunSupervisor:
         decided like the first run (docs/control-channel.md)."""
         p = self.prep
         self.echo(f"run {p.settings.run_id}: codex running in {p.workspace}")
+        start: int | None  # None: no Codex output to read back (see _hold)
         end, start = self.run_codex(exec_argv(p.codex.argv_prefix, p.workspace, p.sandbox), prompt_file)
         while True:
             if self._interactive():
@@ -487,7 +488,10 @@ class RunSupervisor:
         # is only replaced when it really stops; a job it keeps dying on (even
         # slowly, which the restart limit does not count) is given up.
         deaths = self.arbiter.deaths(WATCHER)
-        hopeless = lambda: self.arbiter.deaths(WATCHER) - deaths > self.timing.max_restarts  # noqa: E731
+
+        def hopeless() -> bool:
+            return self.arbiter.deaths(WATCHER) - deaths > self.timing.max_restarts
+
         try:
             done = self.wait_for(WATCHER, ArtifactsPosted, job, deadline, hopeless)
         except Cancelled:

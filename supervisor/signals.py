@@ -44,7 +44,7 @@ class Interrupts:
         self._grace: float | None = None  # inside bounded(): seconds a signal leaves
         self._deadline: float | None = None
 
-    def install(self) -> "Interrupts":
+    def install(self) -> Interrupts:
         if self._previous:
             return self  # installed already (before the bootstrap fetch)
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -72,7 +72,8 @@ def assert_all_delivered_once(entries: list[dict], codex_out: Path) -> None:
     for e in entries:
         by_seq.setdefault(e["extra"]["seq"], e)
     seqs = sorted(by_seq)
-    assert seqs == list(range(1, len(seqs) + 1)), f"missing seqs: {sorted(set(range(1, seqs[-1] + 1)) - set(seqs))[:10]}"
+    missing = sorted(set(range(1, seqs[-1] + 1)) - set(seqs))
+    assert seqs == list(range(1, len(seqs) + 1)), f"missing seqs: {missing[:10]}"
     codex = [by_seq[s] for s in seqs if by_seq[s]["extra"]["run_event_source"] == "codex"]
     printed = [line for line in codex_out.read_bytes().split(b"\n") if line]
     assert len(codex) == len(printed), (len(codex), len(printed))

@@ -20,7 +20,6 @@ import pytest
 from supervisor.pool.main import run_pool
 from supervisor.pool.runs_file import RunSpec
 
-
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_NVIDIA_SMI = ROOT / "examples" / "fake_nvidia_smi"
 CLOSED_SERVER = "http://127.0.0.1:9"  # nothing listens on the discard port

@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 
-from workers.common.errors import ConfigError
 from workers import artifacts as A
-from workers.common.names import MANIFEST_NAME
 from workers.artifacts import (
     DEFAULT_BLOB_THRESHOLD,
     HEAD_CHARS,
@@ -25,6 +23,8 @@ from workers.artifacts import (
     manifest_fingerprint,
     read_manifest,
 )
+from workers.common.errors import ConfigError
+from workers.common.names import MANIFEST_NAME
 
 # Anything that opens a FIFO for reading without O_NONBLOCK hangs; fail fast.
 pytestmark = pytest.mark.timeout(20)

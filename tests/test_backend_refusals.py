@@ -26,7 +26,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 90) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
-        raise AssertionError(f"bootstrap did not finish within {timeout} s:\n{err}")
+        raise AssertionError(f"bootstrap did not finish within {timeout} s:\n{err}") from None
     return proc.returncode, err
 
 

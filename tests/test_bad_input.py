@@ -114,7 +114,8 @@ def test_codex_not_logged_in(env: Env) -> None:
 
 
 def test_local_model_provider_needs_no_login(env: Env) -> None:
-    body = 'model_provider = "local"\n[model_providers.local]\nname = "l"\nbase_url = "http://127.0.0.1:9/v1"\n' + OK_FLYWHEEL
+    body = ('model_provider = "local"\n[model_providers.local]\nname = "l"\nbase_url = "http://127.0.0.1:9/v1"\n'
+            + OK_FLYWHEEL)
     result = run_with(env, body, FAKE_CODEX_LOGGED_OUT="1")
     expect(result, 3, "model_provider", "could not fetch")  # went past the login check to the backend
 

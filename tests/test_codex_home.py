@@ -104,7 +104,7 @@ ROUND_TRIP_CASES: list[dict[str, Any]] = [
     {"f": 0.1, "g": -0.0, "h": 1e100, "j": 1.5e-7, "k": 3.0, "inf": math.inf, "ninf": -math.inf},
     {"t": True, "f": False},
     {
-        "odt": dt.datetime(1979, 5, 27, 7, 32, tzinfo=dt.timezone.utc),
+        "odt": dt.datetime(1979, 5, 27, 7, 32, tzinfo=dt.UTC),
         "odt2": dt.datetime(1979, 5, 27, 0, 32, 0, 999999, tzinfo=dt.timezone(dt.timedelta(hours=-7))),
         "ldt": dt.datetime(1979, 5, 27, 7, 32, 1),
         "ld": dt.date(1979, 5, 27),
@@ -154,7 +154,7 @@ def test_empty_document() -> None:
 
 @pytest.mark.parametrize(
     ("value", "error"),
-    [(object(), TypeError), ({1: 2}, TypeError), (dt.time(1, tzinfo=dt.timezone.utc), ValueError)],
+    [(object(), TypeError), ({1: 2}, TypeError), (dt.time(1, tzinfo=dt.UTC), ValueError)],
 )
 def test_unsupported_values(value: Any, error: type[Exception]) -> None:
     data = value if isinstance(value, dict) else {"x": value}
@@ -178,13 +178,15 @@ def _random_scalar(rng: random.Random) -> Any:
     if kind == 2:
         return rng.random() < 0.5
     if kind == 3:
-        return "".join(chr(rng.choice([rng.randrange(0, 128), rng.randrange(128, 0xD7FF)])) for _ in range(rng.randint(0, 8)))
+        length = rng.randint(0, 8)
+        return "".join(chr(rng.choice([rng.randrange(0, 128), rng.randrange(128, 0xD7FF)])) for _ in range(length))
     if kind == 4:
         return dt.date(rng.randint(1, 9999), rng.randint(1, 12), rng.randint(1, 28))
     if kind == 5:
         return dt.time(rng.randrange(24), rng.randrange(60), rng.randrange(60), rng.choice([0, rng.randrange(10**6)]))
-    tz = rng.choice([None, dt.timezone.utc, dt.timezone(dt.timedelta(minutes=rng.randint(-23 * 60, 23 * 60)))])
-    return dt.datetime(rng.randint(1, 9999), rng.randint(1, 12), rng.randint(1, 28), rng.randrange(24), rng.randrange(60), tzinfo=tz)
+    tz = rng.choice([None, dt.UTC, dt.timezone(dt.timedelta(minutes=rng.randint(-23 * 60, 23 * 60)))])
+    return dt.datetime(rng.randint(1, 9999), rng.randint(1, 12), rng.randint(1, 28), rng.randrange(24),
+                       rng.randrange(60), tzinfo=tz)
 
 
 def _random_value(rng: random.Random, depth: int) -> Any:

@@ -10,7 +10,6 @@ import sys
 import requests
 
 from supervisor.local_backend import LocalBackend
-from tests.backend_fixture import backend  # noqa: F401
 from tests.conftest import ROOT
 from tests.faultkit import wait_until
 

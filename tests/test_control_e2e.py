@@ -61,7 +61,7 @@ class Run:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate()
-            raise AssertionError(f"bootstrap did not finish within {timeout} s:\n{err}")
+            raise AssertionError(f"bootstrap did not finish within {timeout} s:\n{err}") from None
         return self.proc.returncode, err
 
 

@@ -10,14 +10,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from tests.faultkit import alive, shape_pids, wait_until
-from workers.log_entries import codex_entry, encode_entry, thread_id_of, token_usage
 from workers.common.redact import Redactor
+from workers.log_entries import codex_entry, encode_entry, thread_id_of, token_usage
 
 FAKE = Path(__file__).resolve().parents[1] / "tests" / "fake_codex"
 REPO = FAKE.parents[1]
@@ -472,7 +473,8 @@ def test_big_json_keeps_head_and_tail_like_the_real_one(box: Box) -> None:
     done = box.exec(f"big_json={size}")
     [big] = [raw for raw in done.stdout.splitlines(keepends=True) if len(raw) > 100_000]
     item = json.loads(big)["item"]
-    assert (item["type"], item["command"], item["exit_code"]) == ("command_execution", "/bin/bash -lc 'cat huge.log'", 0)
+    expected = ("command_execution", "/bin/bash -lc 'cat huge.log'", 0)
+    assert (item["type"], item["command"], item["exit_code"]) == expected
     output = item["aggregated_output"]
     assert len(output.encode()) == 1024 * 1024  # 512 KiB of head, 512 KiB of tail
     assert output.startswith("line 1 ") and "line 12000 " not in output  # the middle is gone, unmarked

@@ -50,7 +50,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 90) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
-        raise AssertionError(f"bootstrap did not finish within {timeout} s:\n{err}")
+        raise AssertionError(f"bootstrap did not finish within {timeout} s:\n{err}") from None
     return proc.returncode, err
 
 
@@ -87,7 +87,7 @@ def test_soak_twenty_random_worker_kills_during_10000_lines(env: Env, backend: L
             kills += 1
             # the next kill waits for the replacement, so each kill hits a live worker
             # (unless that kill landed as the run was stopping its workers for good)
-            wait_until(lambda: proc.poll() is not None or workers(state).get(name) not in (None, pids[name]),
+            wait_until(lambda: proc.poll() is not None or workers(state).get(name) not in (None, pids[name]),  # noqa: B023 - called here
                        10, f"a new {name}")
         try:
             proc.wait(rng.uniform(0.05, 0.25))
@@ -164,7 +164,8 @@ def test_backend_refusing_connections_then_back_on_same_port(env: Env, backend: 
 ENGINES = [pytest.param({}, id="cgroup"), pytest.param({"FLYWHEEL_CONTAINMENT": "marker"}, id="marker")]
 
 
-def launch_shapes(env: Env, backend: LocalBackend, mode: str, **extra: str) -> tuple[str, subprocess.Popen[str], list[int]]:
+def launch_shapes(env: Env, backend: LocalBackend, mode: str,
+                  **extra: str) -> tuple[str, subprocess.Popen[str], list[int]]:
     """A run whose Codex left the three process shapes of real commands running
     (a `nohup … &` job, a setsid daemon, the foreground command); returns their
     pids and Codex's."""

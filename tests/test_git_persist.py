@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from workers.common.errors import ConfigError
-from workers.common.redact import mask
 from supervisor.git_persist import (
     CREDENTIALS_NAME,
     DEFAULT_MAX_COMMIT_FILE_BYTES,
@@ -31,6 +29,8 @@ from supervisor.git_persist import (
     prepare_repo,
 )
 from tests.loopback import serving
+from workers.common.errors import ConfigError
+from workers.common.redact import mask
 
 TOKEN = "ghs_SECRETtoken0123456789"
 NEW_TOKEN = "ghs_REFRESHEDtoken9876543210"

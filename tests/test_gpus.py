@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-
-from supervisor.preflight import gpu_sandbox_warning
 from supervisor.pool.gpus import GpuAllocator, discover, parse_nvidia_smi, parse_visible_devices
+from supervisor.preflight import gpu_sandbox_warning
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_NVIDIA_SMI = ROOT / "examples" / "fake_nvidia_smi"
@@ -44,7 +43,8 @@ def test_inherited_cuda_visible_devices_wins(tmp_path: Path) -> None:
 def test_no_nvidia_smi_or_a_failing_one(tmp_path: Path) -> None:
     assert discover({"PATH": fake_path(tmp_path, None)}) == ()
     broken = tmp_path / "broken-smi"
-    broken.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver' >&2\nexit 9\n")
+    failed = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver"
+    broken.write_text(f"#!/bin/sh\necho '{failed}' >&2\nexit 9\n")
     os.chmod(broken, 0o755)
     other = tmp_path / "other"
     other.mkdir()

@@ -12,8 +12,8 @@ import orjson
 
 from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
-from workers.log_entries import TOKEN_COUNT_MAX, add_usage, encode_codex_line, thread_id_of, token_usage
 from workers.common.redact import Redactor
+from workers.log_entries import TOKEN_COUNT_MAX, add_usage, encode_codex_line, thread_id_of, token_usage
 
 KEYS = ("type", "item", "usage", "input_tokens", "output_tokens", "thread_id", "thread", "id", "run_id",
         "command", "aggregated_output", "exit_code", "status", "text", "message", "error", "\\ud800")

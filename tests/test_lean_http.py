@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-
 from backend_fixture import backend  # noqa: F401
 from loopback import serving
+
 from supervisor.local_backend import LocalBackend
 from workers.common.backend_client import Backend
 from workers.common.lean_http import ONE_WRITE_MAX, OneWriteAdapter

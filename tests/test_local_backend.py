@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import requests
 
-from workers.common.errors import ConfigError
 from supervisor.local_backend import KINDS, LocalBackend, serve
+from workers.common.errors import ConfigError
 
 try:
     from backend_fixture import backend  # noqa: F401
@@ -461,7 +461,8 @@ def test_unwritable_db_is_config_error(tmp_path: Path) -> None:
 
 def test_serve_foreground_until_sigterm(tmp_path: Path) -> None:
     db = tmp_path / "serve.sqlite3"
-    code = f"from pathlib import Path; from supervisor.local_backend import serve; serve('127.0.0.1', 0, Path({str(db)!r}))"
+    code = ("from pathlib import Path; from supervisor.local_backend import serve; "
+            f"serve('127.0.0.1', 0, Path({str(db)!r}))")
     proc = subprocess.Popen(
         [sys.executable, "-u", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -7,6 +7,7 @@ import pickle
 import orjson
 import pytest
 
+from workers.common.redact import Redactor
 from workers.log_entries import (
     EVENT_STRING_MAX_CHARS,
     MESSAGE_MAX_CHARS,
@@ -19,7 +20,6 @@ from workers.log_entries import (
     token_usage,
     too_large_placeholder,
 )
-from workers.common.redact import Redactor
 
 NONE = Redactor()
 TOKEN = "run-token-5f2c9a"
@@ -412,7 +412,8 @@ def test_redactor_basics() -> None:
     redactor = Redactor(["abc", "", "abcd", "abcdef", "abcd"])
     assert redactor.secrets == ("abcdef", "abcd")  # short and duplicate values dropped, longest first
     assert redactor.text("abc abcd abcdef abcdeX") == "abc *** *** ***eX"
-    assert redactor.value({"abcd": ["abcdef", {"k": ("xabcdx",)}], "n": 1}) == {"***": ["***", {"k": ["x***x"]}], "n": 1}
+    masked = {"***": ["***", {"k": ["x***x"]}], "n": 1}
+    assert redactor.value({"abcd": ["abcdef", {"k": ("xabcdx",)}], "n": 1}) == masked
     assert "abcd" not in repr(redactor)
     assert not Redactor.of(None, "") and Redactor.of(TOKEN)
     assert Redactor(TOKEN).secrets == (TOKEN,)  # one string is one secret, not its characters

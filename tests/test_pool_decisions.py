@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-
 from supervisor.pool import states
 from supervisor.pool.children import read_delivered
 from supervisor.pool.decisions import (

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from supervisor.local_backend import LocalBackend
 from supervisor.pool.main import run_pool
 from supervisor.pool.runs_file import RunSpec

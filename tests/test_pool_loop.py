@@ -19,12 +19,11 @@ from typing import Any
 
 import pytest
 
-from workers.common.errors import ConfigError
 from supervisor.local_backend import LocalBackend
 from supervisor.pool.runs_file import RunSpec
-from tests.pool_host import CLOSED_SERVER, POOL_DRIVER, Host, max_concurrency, overlapping_gpu_sets, wait_gone
 from supervisor.provision import CODEX_VERSION, host_arch, member_name
-
+from tests.pool_host import CLOSED_SERVER, POOL_DRIVER, Host, max_concurrency, overlapping_gpu_sets, wait_gone
+from workers.common.errors import ConfigError
 
 # --------------------------------------------------------------------- the pool
 
@@ -125,7 +124,8 @@ def test_run_holding_a_gpu_leaves_it_to_no_one_else(host: Host) -> None:
 
 
 def test_requests_that_can_never_be_met_fail_up_front(host: Host) -> None:
-    with pytest.raises(ConfigError, match=r"--gpus-per-run 5: this host has only 4 GPUs \(0, 1, 2, 3, from nvidia-smi -L\)"):
+    too_many = r"--gpus-per-run 5: this host has only 4 GPUs \(0, 1, 2, 3, from nvidia-smi -L\)"
+    with pytest.raises(ConfigError, match=too_many):
         host.run(host.specs(2), gpus_per_run=5)
     with pytest.raises(ConfigError, match=r"line 2: run 'r2' asks for GPU 7"):
         host.run(host.specs(2, r2=("7",)))

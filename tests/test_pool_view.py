@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from supervisor.pool import states
 from supervisor.pool import status_view as sv
 

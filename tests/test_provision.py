@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from workers.common.errors import ConfigError, ProvisionError
 from supervisor.provision import (
     CODEX_VERSION,
     CodexCommand,
@@ -35,6 +34,7 @@ from supervisor.provision import (
     terminal_progress,
 )
 from tests.loopback import serving
+from workers.common.errors import ConfigError, ProvisionError
 
 ARCH = "x86_64"
 FAKE_CODEX = b"#!/bin/sh\necho \"fake-codex $*\"\n"

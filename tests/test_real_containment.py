@@ -107,7 +107,7 @@ def stop(proc: subprocess.Popen[str]) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
-        raise AssertionError(f"bootstrap did not finish:\n{err}")
+        raise AssertionError(f"bootstrap did not finish:\n{err}") from None
     return err
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from workers.common.backend_client import Backend
 from supervisor.git_persist import _git
 from supervisor.local_backend import LocalBackend
-from workers.common.timing import Timing
 from supervisor.signals import Aborted, Interrupts
 from tests.conftest import Env
 from tests.faultkit import alive, wait_until
+from workers.common.backend_client import Backend
+from workers.common.timing import Timing
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from supervisor.codex_process import exec_argv, resume_argv
 from supervisor.codex_output import find_thread_id, last_agent_message
+from supervisor.codex_process import exec_argv, resume_argv
 
 
 def write_lines(path: Path, *events: object) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.common.errors import ConfigError
 from supervisor.pool.runs_file import RunSpec, parse_runs, permission_warning, read_runs
+from workers.common.errors import ConfigError
 
 DEFAULT = Path("/etc/flywheel/config.toml")
 SERVER = "http://localhost:8000"

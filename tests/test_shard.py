@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.common.errors import ConfigError
 from supervisor.pool.shard import Shard, parse_shard, shard_from_env, take_share
+from workers.common.errors import ConfigError
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -14,12 +14,12 @@ def test_linetail_returns_only_complete_lines(tmp_path: Path) -> None:
     f = tmp_path / "out"
     f.write_bytes(b"one\ntw")
     tail = LineTail(f, 0)
-    assert [l.data for l in tail.read()] == [b"one"]
+    assert [line.data for line in tail.read()] == [b"one"]
     assert tail.offset == 4
     with open(f, "ab") as w:
         w.write(b"o\nthree\n")
     lines = tail.read()
-    assert [l.data for l in lines] == [b"two", b"three"]
+    assert [line.data for line in lines] == [b"two", b"three"]
     assert lines[-1].end == f.stat().st_size
 
 
@@ -41,7 +41,7 @@ def test_linetail_restarted_from_offset_never_splits_a_line(tmp_path: Path) -> N
     again = LineTail(f, tail.offset)
     with open(f, "ab") as w:
         w.write(b"-done\n")
-    assert [l.data for l in again.read()] == [b"second-partial-done"]
+    assert [line.data for line in again.read()] == [b"second-partial-done"]
 
 
 def test_terminate_last_line_adds_newline_once(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_linetail_rewind_rereads_a_line(tmp_path: Path) -> None:
     tail = LineTail(f, 0)
     first = tail.read()
     tail.rewind(first[0].end)
-    assert [l.data for l in tail.read()] == [b"b"]
+    assert [line.data for line in tail.read()] == [b"b"]
 
 
 def test_write_private_keeps_its_temporary_out_of_the_watched_folder(tmp_path: Path) -> None:

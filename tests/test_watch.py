@@ -8,7 +8,6 @@ come from CUDA_VISIBLE_DEVICES. examples/flywheel-bootstrap.service is checked w
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

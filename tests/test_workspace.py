@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 from supervisor.config import CodexConfig, load_config
-from workers.common.errors import EXIT_USAGE, ConfigError
-from workers.common.names import MANIFEST_NAME, PROMPT_NAME
 from supervisor.workspace import (
     check_manifest_in_roots,
     prepare_state_dir,
@@ -18,6 +16,8 @@ from supervisor.workspace import (
     resolve_workspace,
     validate_run_id,
 )
+from workers.common.errors import EXIT_USAGE, ConfigError
+from workers.common.names import MANIFEST_NAME, PROMPT_NAME
 
 is_root = os.geteuid() == 0
 

@@ -16,17 +16,17 @@ from typing import Any
 
 import orjson
 
-from workers.common.backend_client import Backend
-from workers.common.timing import Timing
 from workers.artifacts import enrich, manifest_fingerprint, read_manifest
-from workers.file_watch import warn_once_per_run, watch_files
-from workers.common.redact import Redactor
-from workers.common.wake import WakePipe
-from workers.messages import ArtifactsPosted, Command, PostArtifacts, Stop, unexpected
-from workers.runtime import Mailbox
+from workers.common.backend_client import Backend
 from workers.common.files import open_private, write_all, write_private
 from workers.common.names import MANIFEST_NAME
+from workers.common.redact import Redactor
 from workers.common.spool import EntryLog, terminate_last_line
+from workers.common.timing import Timing
+from workers.common.wake import WakePipe
+from workers.file_watch import warn_once_per_run, watch_files
+from workers.messages import ArtifactsPosted, Command, PostArtifacts, Stop, unexpected
+from workers.runtime import Mailbox
 
 POSTED_STATE = "artifacts.json"
 IDLE_WAIT = 5.0
@@ -52,12 +52,13 @@ class PostedList:
 
     def __init__(self, path: Path, job: str) -> None:
         self.path = path
-        self.done = self._load(job)
-        if self.done is None:
+        loaded = self._load(job)
+        if loaded is None:
             write_private(path, orjson.dumps({"job": job}) + b"\n")
-            self.done = set()
+            loaded = set()
         else:
             terminate_last_line(path)  # a torn line must not run into the next
+        self.done: set[int] = loaded
 
     def _load(self, job: str) -> set[int] | None:
         try:

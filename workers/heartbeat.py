@@ -4,16 +4,16 @@ person can read at a glance."""
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from workers.common.backend_client import Backend
+from workers.common.spool import ShipperState, utc_now
 from workers.common.timing import Timing
 from workers.messages import Command, Phase, Stop, unexpected
 from workers.run_processes import Usage, live_usage
 from workers.runtime import Mailbox
-from workers.common.spool import ShipperState, utc_now
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def main(mailbox: Mailbox, cfg: HeartbeatConfig) -> None:
             backend.post(
                 "/heartbeat",
                 {"observed_at": utc_now(), "summary": summary},
-                keep_trying=lambda: time.monotonic() < due,
+                keep_trying=lambda: time.monotonic() < due,  # noqa: B023 - used before the loop goes on
                 sleep=sleep,
             )
             while not stopping and time.monotonic() < due:

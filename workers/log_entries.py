@@ -39,7 +39,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -419,7 +419,7 @@ def encode_entry(created_at: str, entry: Entry, seq: int) -> bytes:
 
 def utc_now_iso() -> str:
     """Now, ISO-8601 in UTC with a `Z` (the format of `created_at`)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def too_large_placeholder(entry_dict: dict[str, Any], message_bytes: int, limit_bytes: int | None) -> dict[str, Any]:

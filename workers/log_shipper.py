@@ -24,20 +24,7 @@ from typing import Any
 import orjson
 
 from workers.common.backend_client import Backend
-from workers.common.timing import Timing
-from workers.file_watch import warn_once_per_run, watch_files
-from workers.log_entries import (
-    add_usage,
-    bootstrap_record,
-    encode_codex_line,
-    encode_json,
-    token_usage,
-    too_large_placeholder,
-)
 from workers.common.redact import Redactor
-from workers.common.wake import WakePipe
-from workers.messages import Command, Drain, Drained, RunCannotGoOn, Stop, unexpected
-from workers.runtime import Mailbox
 from workers.common.spool import (
     BOOTSTRAP_LOG,
     CODEX_OUT,
@@ -47,6 +34,19 @@ from workers.common.spool import (
     ShipperState,
     utc_now,
 )
+from workers.common.timing import Timing
+from workers.common.wake import WakePipe
+from workers.file_watch import warn_once_per_run, watch_files
+from workers.log_entries import (
+    add_usage,
+    bootstrap_record,
+    encode_codex_line,
+    encode_json,
+    token_usage,
+    too_large_placeholder,
+)
+from workers.messages import Command, Drain, Drained, RunCannotGoOn, Stop, unexpected
+from workers.runtime import Mailbox
 
 ENCODE_STEP = 1024 * 1024  # bytes of input encoded per step
 COMMIT_EVERY = 0.25  # seconds between commits of the delivered offset

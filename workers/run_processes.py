@@ -323,7 +323,7 @@ class RunProcesses:
         try:
             # preexec_fn: the standard library has no CLONE_INTO_CGROUP; the
             # supervisor starts Codex from its only thread.
-            return subprocess.Popen(list(argv), env=self.child_env(env),  # type: ignore[call-overload]
+            return subprocess.Popen(list(argv), env=self.child_env(env),  # type: ignore[call-overload,no-any-return]
                                     preexec_fn=setup, **popen)  # noqa: PLW1509
         finally:
             for fd in fds:

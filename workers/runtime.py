@@ -27,7 +27,6 @@ from typing import Any
 from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
 
 from workers.messages import Command, Event
-
 from workers.run_processes import RunProcesses
 
 PR_SET_PDEATHSIG = 1

@@ -27,7 +27,6 @@ The pieces, each importable from here:
 
 from __future__ import annotations
 
-from supervisor.local_backend.replies import Reply
 from supervisor.local_backend.api import route_runs
 from supervisor.local_backend.backend import DEFAULT_HOST, LocalBackend
 from supervisor.local_backend.faults import (
@@ -38,20 +37,21 @@ from supervisor.local_backend.faults import (
     decide,
     merge_faults,
 )
-from supervisor.local_backend.handlers import BadRequest, bootstrap_payload, entry_row
-from supervisor.local_backend.runs import (
-    KINDS,
-    LEVELS,
-    TERMINAL_STATES,
-    NewRun,
-    new_run_id,
-    new_run_from_mapping,
-)
 from supervisor.local_backend.foreground import (
     DEFAULT_PORT,
     default_db_path,
     serve,
     serve_instructions,
+)
+from supervisor.local_backend.handlers import BadRequest, bootstrap_payload, entry_row
+from supervisor.local_backend.replies import Reply
+from supervisor.local_backend.runs import (
+    KINDS,
+    LEVELS,
+    TERMINAL_STATES,
+    NewRun,
+    new_run_from_mapping,
+    new_run_id,
 )
 from supervisor.local_backend.store import public_run
 

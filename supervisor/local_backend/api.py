@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from supervisor.local_backend import control
-from supervisor.local_backend.replies import DROP, Reply, Drop, error
 from supervisor.local_backend.faults import FaultState
 from supervisor.local_backend.handlers import HANDLERS, BadRequest, parse_object
+from supervisor.local_backend.replies import DROP, Drop, Reply, error
 from supervisor.local_backend.runs import new_run_from_mapping
 from supervisor.local_backend.store import Store
 

@@ -11,11 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from workers.common.errors import ConfigError
 from supervisor.local_backend import api
-from supervisor.local_backend.replies import Reply, Drop
 from supervisor.local_backend.faults import FaultState
 from supervisor.local_backend.httpd import Server, Server6, Service, display_host
+from supervisor.local_backend.replies import Drop, Reply
 from supervisor.local_backend.runs import (
     TERMINAL_STATES,
     NewRun,
@@ -23,6 +22,7 @@ from supervisor.local_backend.runs import (
     new_run_from_mapping,
 )
 from supervisor.local_backend.store import Store
+from workers.common.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -52,7 +52,7 @@ class LocalBackend:
 
     # -- lifecycle
 
-    def start(self) -> "LocalBackend":
+    def start(self) -> LocalBackend:
         if self._server is not None:
             raise RuntimeError("the local backend is already running")
         server_cls = Server6 if ":" in self.host else Server
@@ -108,7 +108,7 @@ class LocalBackend:
         self.stop()
         self._store.close()
 
-    def __enter__(self) -> "LocalBackend":
+    def __enter__(self) -> LocalBackend:
         if self._server is None:
             self.start()
         return self
@@ -211,7 +211,7 @@ class LocalBackend:
         """One control command and its ack; KeyError if unknown."""
         for command in self.control(run_id)["commands"]:
             if command["command_id"] == command_id:
-                return command
+                return dict(command)
         raise KeyError(f"unknown command {command_id!r}")
 
     def wait_ack(self, run_id: str, command_id: str, timeout: float) -> dict[str, Any]:
@@ -221,7 +221,7 @@ class LocalBackend:
         except TimeoutError:
             raise TimeoutError(f"command {command_id} of run {run_id} not acknowledged after {timeout} s") from None
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float) -> T:
+    def wait_for(self, predicate: Callable[[], T | None], timeout: float) -> T:
         """Wait until predicate() is truthy, re-checking after every write to the
         store; returns its value. TimeoutError after `timeout` seconds."""
         with self._store.changed:

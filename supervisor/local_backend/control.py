@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from supervisor.local_backend.replies import Reply, error
 from supervisor.local_backend.handlers import BadRequest, parse_object
+from supervisor.local_backend.replies import Reply, error
 from supervisor.local_backend.runs import TERMINAL_STATES, now_iso
 
 SCHEMA = """

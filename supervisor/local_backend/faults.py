@@ -206,12 +206,12 @@ def decide(
         return decision, replace(counters, drops_left=counters.drops_left - 1)
     if _status_active(faults, counters, now):
         left = None if counters.status_left is None else counters.status_left - 1
-        body = {"error": f"injected fault: HTTP {faults.status}"}
-        return FaultAction(delay, status=faults.status, body=body), replace(counters, status_left=left)
+        injected: dict[str, Any] = {"error": f"injected fault: HTTP {faults.status}"}
+        return FaultAction(delay, status=faults.status, body=injected), replace(counters, status_left=left)
     limit = faults.max_body_bytes
     if limit is not None and kind in _BODY_LIMITED_KINDS and body_bytes > limit:
-        body = {"error": "payload too large", "limit_bytes": limit, "body_bytes": body_bytes}
-        return FaultAction(delay, status=413, body=body), counters
+        too_large = {"error": "payload too large", "limit_bytes": limit, "body_bytes": body_bytes}
+        return FaultAction(delay, status=413, body=too_large), counters
     marker = faults.reject_containing
     if marker is not None and kind in _BODY_LIMITED_KINDS and marker.encode() in body:
         return FaultAction(delay, status=422, body={"error": "invalid log entry (injected fault)"}), counters

@@ -77,6 +77,6 @@ def serve(
                 echo(line)
             stop.wait()
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
         echo("Local backend stopped.")

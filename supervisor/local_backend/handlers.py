@@ -64,7 +64,7 @@ def entry_row(run_id: str, entry: Any, received_at: str) -> tuple[Any, ...]:
     )
 
 
-def bootstrap_payload(row: Mapping[str, Any]) -> dict[str, Any]:
+def bootstrap_payload(row: Mapping[str, Any] | sqlite3.Row) -> dict[str, Any]:
     """The payload of GET bootstrap: only the keys that are set."""
     payload: dict[str, Any] = {"prompt": row["prompt"]}
     if row["repo_context"] is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from supervisor.local_backend.replies import Reply, Drop, error
+from supervisor.local_backend.replies import Drop, Reply, error
 
 
 @dataclass(frozen=True)

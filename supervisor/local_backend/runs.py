@@ -6,11 +6,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from workers.common.names import run_id_problem
-
 
 TERMINAL_STATES = frozenset({"complete", "error"})
 LEVELS = frozenset({"info", "warning", "error"})
@@ -31,7 +30,7 @@ SECRET_KEYS = ("github_token", "wandb_api_key", "hf_token")
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)

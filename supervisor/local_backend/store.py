@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
-from workers.common.errors import ConfigError
 from supervisor.local_backend import control
 from supervisor.local_backend.replies import Reply, error
 from supervisor.local_backend.runs import KINDS, SECRET_KEYS, NewRun, new_run_id, now_iso
+from workers.common.errors import ConfigError
 from workers.common.redact import MASK
 
 _SCHEMA = """
@@ -87,7 +87,7 @@ _COUNT_SQL = (
 )
 
 
-def public_run(row: Mapping[str, Any]) -> dict[str, Any]:
+def public_run(row: Mapping[str, Any] | sqlite3.Row) -> dict[str, Any]:
     """A run as shown to tests and the admin API: no token, secrets masked."""
     run = {key: row[key] for key in row.keys() if key != "token"}
     if run["repo_context"] is not None:
@@ -215,7 +215,7 @@ class Store:
     # -- reads
 
     def _one_run(self, run_id: str) -> sqlite3.Row:
-        row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row: sqlite3.Row | None = self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise KeyError(f"unknown run {run_id!r}")
         return row

@@ -15,13 +15,11 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-
 
 from workers.common.redact import Redactor
 from workers.common.spool import ShipperState
-
 from workers.run_processes import RunProcesses
 
 OUTPUT_LOG = "pool-output.log"
@@ -57,7 +55,7 @@ def open_output_log(state_dir: Path) -> int:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state_dir, 0o700)
     fd = os.open(state_dir / OUTPUT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     os.write(fd, f"--- pool started this run's supervisor at {stamp} ---\n".encode())
     return fd
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from supervisor.pool import states
+from supervisor.pool.gpus import GpuAllocator
+from supervisor.pool.runs_file import RunSpec
 from supervisor.signals import signal_name
 from workers.common.errors import (
     EXIT_BACKEND,
@@ -23,8 +25,6 @@ from workers.common.errors import (
     EXIT_USAGE,
     ConfigError,
 )
-from supervisor.pool.gpus import GpuAllocator
-from supervisor.pool.runs_file import RunSpec
 
 # When several runs fail differently, the pool exits with the status the operator
 # should act on first: a bad config or usage (fix it and rerun), then Codex that

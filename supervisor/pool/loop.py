@@ -16,16 +16,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from supervisor.control_ledger import read_mode
 from supervisor.pool import states
 from supervisor.pool import status_view as sv
-from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR
-from supervisor.pool.gpus import GpuAllocator
 from supervisor.pool.children import (
     OUTPUT_LOG,
     CannotStart,
@@ -45,9 +43,11 @@ from supervisor.pool.decisions import (
     next_starts,
     pool_exit_status,
 )
+from supervisor.pool.gpus import GpuAllocator
 from supervisor.pool.report import post_error, post_note
 from supervisor.pool.runs_file import RunSpec
 from supervisor.signals import signal_name
+from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR
 from workers.common.timing import Timing
 from workers.common.wake import WakePipe
 from workers.run_processes import Usage, kept_usage, live_usage, signal_group

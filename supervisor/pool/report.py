@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-from workers.common.errors import BootstrapError
 from supervisor.pool.runs_file import RunSpec
+from workers.common.errors import BootstrapError
 from workers.common.timing import Timing
 
 # How long the pool keeps retrying the `error` report of a killed supervisor.

@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from workers.run_processes import format_bytes, format_seconds
-
 from supervisor.pool.states import CANCELLED, COMPLETE, ERROR, FINAL_STATES, RUNNING, STOPPING, WAITING
-
+from workers.run_processes import format_bytes, format_seconds
 
 _HEADERS = ("RUN", "STATE", "MODE", "ELAPSED", "ENTRIES", "GPUS", "CPU", "PEAK", "RESULT")
 # Running runs first when a terminal is too short for the whole table.

@@ -33,7 +33,7 @@ def validate_server_url(url: str) -> str:
             "or https://HOST[:PORT], e.g. http://localhost:8000"
         )
     try:
-        parts.port
+        _ = parts.port  # raises ValueError for a bad port
     except ValueError:
         raise ConfigError(f"--server {url!r} has an invalid port number") from None
     if parts.query or parts.fragment:
@@ -86,7 +86,7 @@ class Backend:
     def close(self) -> None:
         self._session.close()
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,6 @@ import random
 def backoff_delay(attempt: int, base: float, cap: float, rand: float | None = None) -> float:
     """Delay before retry number `attempt` (0-based): "equal jitter", so the wait
     is at least half the exponential step (no hammering) and at most `cap`."""
-    step = min(cap, base * (2 ** min(attempt, 32)))
+    step = min(cap, base * 2.0 ** min(attempt, 32))
     r = random.random() if rand is None else rand
     return step / 2 + r * step / 2

@@ -112,6 +112,7 @@ class LeanPoster:
         # after an abandoned request): look it up again.
         if pool is None or pool.pool is None:
             adapter = self._session.get_adapter(self._base)
+            assert isinstance(adapter, HTTPAdapter)  # mounted by the Backend
             verify, cert = self._session.verify, self._session.cert
             if hasattr(adapter, "get_connection_with_tls_context"):  # requests >= 2.32.2
                 request = requests.PreparedRequest()

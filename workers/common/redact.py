@@ -33,14 +33,14 @@ _JSON_ESCAPED = re.compile(r'["\\/\x00-\x1f]')
 
 def _trie_regex(words: Iterable[str]) -> str:
     """A regex matching any of `words`, preferring the longest at each position."""
-    trie: dict[str | None, dict] = {}
+    trie: dict[str | None, Any] = {}
     for word in words:
         node = trie
         for ch in word:
             node = node.setdefault(ch, {})
         node[None] = {}  # a word ends here
 
-    def build(node: dict[str | None, dict]) -> str:
+    def build(node: dict[str | None, Any]) -> str:
         alternatives = []
         for ch in sorted(c for c in node if c is not None):
             # Follow single-child runs iteratively: recursion depth is then the
@@ -95,7 +95,7 @@ class Redactor:
         object.__setattr__(self, "_json_safe", not any(_JSON_ESCAPED.search(s) for s in ordered))
 
     @classmethod
-    def of(cls, *secrets: str | None) -> "Redactor":
+    def of(cls, *secrets: str | None) -> Redactor:
         """Build from possibly missing values (None and '' are ignored)."""
         return cls(tuple(s for s in secrets if s))
 

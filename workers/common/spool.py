@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ READ_CHUNK = 1024 * 1024
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class EntryLog:
@@ -197,7 +197,7 @@ class ShipperState:
     output_tokens: int = 0
 
     @classmethod
-    def read(cls, state_dir: Path) -> "ShipperState | None":
+    def read(cls, state_dir: Path) -> ShipperState | None:
         """The committed state; None if there is none yet (or it cannot be read)."""
         try:
             raw = orjson.loads((state_dir / SHIPPER_STATE).read_bytes())
@@ -207,14 +207,14 @@ class ShipperState:
             return None
 
     @classmethod
-    def load(cls, state_dir: Path) -> "ShipperState":
+    def load(cls, state_dir: Path) -> ShipperState:
         """The committed state, or a fresh start."""
         return cls.read(state_dir) or cls()
 
     def save(self, state_dir: Path) -> None:
         write_private(state_dir / SHIPPER_STATE, orjson.dumps(asdict(self)))
 
-    def evolve(self, **changes: Any) -> "ShipperState":
+    def evolve(self, **changes: Any) -> ShipperState:
         return replace(self, **changes)
 
     @property

@@ -42,7 +42,7 @@ class Timing:
     control_absent_retry: float = 60.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: float | int | None) -> "Timing":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: float | int | None) -> Timing:
         """Defaults, then FLYWHEEL_TIMING_<FIELD> variables of `env` (default
         os.environ; tests shrink timings this way), then explicit overrides
         from the command line."""
