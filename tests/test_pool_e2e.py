@@ -85,21 +85,28 @@ def test_real_supervisor_sigkilled_is_reported_and_others_complete(env: Any, bac
     specs = [RunSpec(rid, tok, config, backend.url, None, n) for n, (rid, tok) in enumerate(runs, 1)]
     killed: list[int] = []
 
+    gate = env.tmp / "codex-may-finish"
+
     def kill_victim() -> None:
-        deadline = time.monotonic() + 30
-        while not any(c["env"].get("FLYWHEEL_RUN_ID") == victim for c in codex_starts(log)):
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.02)
-        pid = supervisor_pid(victim)
-        killed.append(pid)
-        os.kill(pid, signal.SIGKILL)
+        # Every fake codex keeps printing until the gate opens: the kill lands
+        # mid-run however fast the machine is.
+        try:
+            deadline = time.monotonic() + 30
+            while not any(c["env"].get("FLYWHEEL_RUN_ID") == victim for c in codex_starts(log)):
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
+            pid = supervisor_pid(victim)
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+        finally:
+            gate.touch()
 
     threading.Thread(target=kill_victim, daemon=True).start()
     lines: list[str] = []
     status = run_pool(
         specs, max_parallel=None, gpus_per_run=None, heartbeat_interval=0.5, codex_timeout=None,
-        env={**env.vars, "FAKE_CODEX_LOG": str(log), "FAKE_CODEX_MODE": "sleep=1.5"},
+        env={**env.vars, "FAKE_CODEX_LOG": str(log), "FAKE_CODEX_MODE": "gate", "FAKE_CODEX_GATE": str(gate)},
         echo=lines.append, is_tty=False,
     )
     output = "\n".join(lines)
