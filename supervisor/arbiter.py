@@ -135,7 +135,10 @@ class Arbiter:
         """workers.json in the state folder: which pid is which worker, for a
         person debugging a run (and for the fault tests)."""
         pids = {name: s.process.pid for name, s in self.slots.items() if s.process is not None}
-        write_private(self.state_dir / "workers.json", orjson.dumps({"supervisor": os.getpid(), **pids}))
+        try:
+            write_private(self.state_dir / "workers.json", orjson.dumps({"supervisor": os.getpid(), **pids}))
+        except OSError:
+            pass  # a full disk: only a person's view of the pids is stale
 
     def send(self, name: str, message: Command, sticky: bool = False) -> None:
         slot = self.slots[name]

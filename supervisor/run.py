@@ -17,6 +17,8 @@ which is sent only once everything before it has been delivered).
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 import time
@@ -44,7 +46,17 @@ from workers.common.backend_client import Answer, Backend
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_UNREPORTED
 from workers.common.names import MANIFEST_NAME, PROMPT_NAME
 from workers.common.redact import Redactor
-from workers.common.spool import BOOTSTRAP_LOG, CODEX_ERR, CODEX_OUT, EntryLog, terminate_last_line
+from workers.common.spool import (
+    BOOTSTRAP_LOG,
+    CODEX_ERR,
+    CODEX_OUT,
+    EntryLog,
+    disk_full_reason,
+    give_back,
+    is_disk_full,
+    set_aside,
+    terminate_last_line,
+)
 from workers.messages import (
     ArtifactsPosted,
     ControlAck,
@@ -87,7 +99,7 @@ class RunSupervisor:
         self.secrets = payload_secrets(s.token, payload)
         self.redactor = Redactor(self.secrets)
         self.state = prep.state_dir
-        self.log = EntryLog(self.state, self.redactor)
+        self.log = EntryLog(self.state, self.redactor, on_disk_full=self._disk_full)
         # Installed before the bootstrap fetch by the command line, so that a
         # signal arriving once the run is claimed is never lost.
         self.interrupts = interrupts or Interrupts()
@@ -156,6 +168,31 @@ class RunSupervisor:
             case _:
                 unexpected(event, "the supervisor")
 
+    def _disk_full(self, exc: OSError) -> None:
+        """The state folder's disk is full: the run cannot go on (Codex is
+        stopped, the run reported `error`), and the room set aside at the
+        start is given back for the run's last entries and its report."""
+        if self.fatal is None:
+            self.fatal = disk_full_reason(self.state, exc)
+            self.echo(f"run {self.prep.settings.run_id}: {self.fatal}")
+
+    def _check_disk(self) -> None:
+        try:
+            st = os.statvfs(self.state)
+        except OSError:
+            return
+        full = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) == 0
+        if full and self.fatal is None:
+            self._disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    def _terminate_last_line(self, path: Path) -> None:
+        try:
+            terminate_last_line(path)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._disk_full(exc)
+
     def _notify(self, line: str) -> None:
         self.echo(f"run {self.prep.settings.run_id}: {line}")
         self.log.write("warning", line, "warning")
@@ -207,6 +244,7 @@ class RunSupervisor:
                 self._poll(timeout, *proc.waitables())
                 if self.arbiter.failures:
                     raise self.arbiter.failures[0]
+                self._check_disk()  # Codex may fill it with nobody else writing
                 self._take_commands(proc)
                 if proc.returncode is not None:
                     end = CodexEnd(proc.returncode, cancelled_by=self._stopped_with_codex(proc.returncode))
@@ -230,7 +268,10 @@ class RunSupervisor:
                 # job) must not outlive it, let alone keep holding a GPU.
                 self._end_processes(proc)
             proc.close()
-        terminate_last_line(out)
+        self._check_disk()
+        if self.fatal is not None:
+            give_back(self.state)  # Codex and its processes are stopped: room for the end
+        self._terminate_last_line(out)
         code = end.returncode
         how = f"code {code}" if code >= 0 else f"signal {-code}"
         self.log.write("info" if code == 0 else "error", f"codex exec exited with {how}", "command_finished",
@@ -332,7 +373,8 @@ class RunSupervisor:
 
     def _start(self) -> None:
         for name in (CODEX_OUT, BOOTSTRAP_LOG):
-            terminate_last_line(self.state / name)  # torn lines of a crashed earlier start
+            self._terminate_last_line(self.state / name)  # torn lines of a crashed earlier start
+        set_aside(self.state)
         self.interrupts.install()
         self._open_processes()
         assert self.procs is not None
@@ -565,6 +607,10 @@ class RunSupervisor:
         fault_point("finish")
         self._stop_control()
         self._close_processes()
+        if self.fatal is not None:
+            give_back(self.state)
+            if decision.action is Action.COMPLETE:
+                decision = Decision(Action.ERROR, False, self.fatal)
         decision = self._as_cancel(decision)
         if decision.action is Action.ERROR:
             self.log.write("error", f"run failed: {decision.reason}", "error")
@@ -589,7 +635,7 @@ class RunSupervisor:
             decision = self._as_cancel(decision)
             deadline.start()
             drained = self.wait_for(SHIPPER, Drained, "final", deadline.at)
-        if drained is None or self.fatal is not None:
+        if drained is None or drained.left:
             self.echo(f"run {self.prep.settings.run_id}: not every log entry could be delivered; "
                       f"they stay spooled in {self.state}")
         if self.fatal is not None and decision.action is Action.COMPLETE:

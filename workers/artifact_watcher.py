@@ -83,7 +83,9 @@ class Watcher:
         self.mb = mailbox
         self.cfg = cfg
         self.manifest = cfg.workspace / MANIFEST_NAME
-        self.log = EntryLog(cfg.state_dir, Redactor(cfg.secrets))
+        # A warning the full disk refused is lost with the run (the supervisor
+        # reports the disk full); the watcher goes on posting.
+        self.log = EntryLog(cfg.state_dir, Redactor(cfg.secrets), on_disk_full=lambda exc: None)
         self.wake = WakePipe()
         self.seen: Any = None
         self.reported: str | None = None

@@ -16,7 +16,7 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,9 @@ from workers.common.spool import (
     LineTail,
     OutboxReader,
     ShipperState,
+    append_whole,
+    disk_full_reason,
+    is_disk_full,
     utc_now,
 )
 from workers.common.timing import Timing
@@ -119,12 +122,16 @@ class Shipper:
         self._last_commit = 0.0
         self._refusals: set[str] = set()
         self.refused: str | None = None  # why delivery stopped for good
+        self.disk_full = False  # the outbox could not grow: deliver from memory
+        self._direct = False  # delivering from memory now
 
     # -- encode ----------------------------------------------------------------
 
     def encode_new(self) -> bool:
         """Encode what was appended since last time (one step of it). True if
         this step made progress, so another may be waiting."""
+        if self._direct:
+            return False  # called while delivering from memory: that comes first
         boot_start = self.boot.offset
         boot_lines = self.boot.read(max_bytes=ENCODE_STEP)
         # Small steps keep memory flat and let delivery start while Codex is
@@ -173,17 +180,52 @@ class Shipper:
         if not out:
             return self.codex.last_read > 0  # else only entries waiting for Codex's lines
         data = b"".join(e + b"\n" for e in out)
-        os.write(self.outbox_fd, data)
+        grown = len(data)
+        try:
+            append_whole(self.outbox_fd, data)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            if not self._spool_full(exc, out):
+                return False
+            grown = 0  # delivered straight from memory: the outbox stays as it was
         self.state = self.state.evolve(
             codex_offset=self.codex.offset,
             boot_offset=self.boot.offset,
             next_seq=seq,
-            outbox_size=self.state.outbox_size + len(data),
+            outbox_size=self.state.outbox_size + grown,
+            delivered=self.state.delivered + (0 if grown else len(out)),
             last_event_at=now if codex_lines else self.state.last_event_at,
             input_tokens=tokens[0],
             output_tokens=tokens[1],
         )
         self.state.save(self.dir)
+        return True
+
+    def _spool_full(self, exc: OSError, out: list[bytes]) -> bool:
+        """The outbox cannot grow (the disk is full). Say so once (the
+        supervisor stops Codex and ends the run); then, once everything in
+        the outbox is delivered, deliver `out` straight from memory so that
+        what Codex printed still arrives in order. False: not now, read it
+        again later (the readers go back to the committed offsets)."""
+        if not self.disk_full:
+            self.disk_full = True
+            self.mb.put(RunCannotGoOn(disk_full_reason(self.dir, exc)))
+        if self.state.pending or self._direct or self.refused is not None:
+            self.codex.rewind(self.state.codex_offset)
+            self.boot.rewind(self.state.boot_offset)
+            return False
+        self._direct = True
+        try:
+            limit = self.cfg.batch_entries if self.cfg.log_batch else 1
+            for start in range(0, len(out), limit):
+                self._send(out[start:start + limit])
+        except BaseException:
+            self.codex.rewind(self.state.codex_offset)
+            self.boot.rewind(self.state.boot_offset)
+            raise
+        finally:
+            self._direct = False
         return True
 
     # -- deliver ---------------------------------------------------------------
@@ -284,26 +326,18 @@ class Shipper:
             while not self.stopping:
                 self.mb.tick()
                 # Reading the files only when watchdog says they changed keeps
-                # the delivery loop free of needless syscalls.
-                encoded = self.encode_new() if self.wake.clear() or look else False
+                # the delivery loop free of needless syscalls. (Encoding may
+                # deliver too, when the disk is full.)
+                encoded = self._guarded(self.encode_new) if self.wake.clear() or look else False
                 look = encoded  # more may be waiting than one step took
                 if self.state.pending and self.refused is None:
-                    try:
-                        self.deliver_burst()
-                    except _Stop:
-                        break
-                    except _Refused as why:
-                        # Said once to the supervisor, which ends the run; what
-                        # is left stays spooled, and drains are answered at once.
-                        self.refused = str(why)
-                        self.state.save(self.dir)
-                        self.mb.put(RunCannotGoOn(self.refused))
+                    self._guarded(self.deliver_burst)
                     continue
                 if self.drain_id is not None:
-                    if self.encode_new():
+                    if self._guarded(self.encode_new):
                         continue
                     self.state.save(self.dir)
-                    self.mb.put(Drained(self.drain_id, self.state.delivered))
+                    self.mb.put(Drained(self.drain_id, self.state.delivered, left=self.state.pending))
                     self.drain_id = None
                 if not encoded:
                     self._handle(self.mb.wait(IDLE_WAIT, [self.wake]))
@@ -311,6 +345,21 @@ class Shipper:
         finally:
             self.state.save(self.dir)
             observer.stop()
+
+    def _guarded(self, step: Callable[[], Any]) -> Any:
+        """Run one step of the loop; a stop while a delivery was retrying ends
+        the loop, a refused token stops delivery for good."""
+        try:
+            return step()
+        except _Stop:
+            self.stopping = True
+        except _Refused as why:
+            # Said once to the supervisor, which ends the run; what is left
+            # stays spooled, and drains are answered at once.
+            self.refused = str(why)
+            self.state.save(self.dir)
+            self.mb.put(RunCannotGoOn(self.refused))
+        return False
 
     def deliver_burst(self, seconds: float = 0.2) -> None:
         """Deliver for a while before looking at the spool files again."""

@@ -89,10 +89,12 @@ class ArtifactsPosted:
 
 @dataclass(frozen=True)
 class Drained:
-    """From the log-shipper: `Drain(job)` is done; `delivered` entries so far."""
+    """From the log-shipper: `Drain(job)` is done; `delivered` entries so far;
+    `left` entries could not be (the backend refused the run token)."""
 
     job: str
     delivered: int
+    left: bool = False
 
 
 @dataclass(frozen=True)

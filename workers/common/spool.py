@@ -16,8 +16,9 @@ that is already safe elsewhere, so any process may be SIGKILLed at any moment.
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from workers.common.files import open_private, write_private
+from workers.common.files import open_private, write_all, write_private
 
 CODEX_OUT = "codex.out"
 CODEX_ERR = "codex.err"
@@ -44,15 +45,66 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Set aside in the state folder when a run starts, given back when its disk is
+# full: room for the run's last entries, the shipper's commits, its report.
+RESERVE = "reserve"
+RESERVE_BYTES = 256 * 1024
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_reason(state_dir: Path, exc: OSError) -> str:
+    return f"disk full: {exc.strerror or 'no space left on device'} for the state folder {state_dir}"
+
+
+def set_aside(state_dir: Path) -> None:
+    """Claim RESERVE_BYTES of the state folder's disk (best effort)."""
+    try:
+        fd = open_private(state_dir / RESERVE, os.O_WRONLY | os.O_CREAT)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # no room even for this: the run will say the disk is full soon enough
+
+
+def give_back(state_dir: Path) -> None:
+    try:
+        (state_dir / RESERVE).unlink()
+    except OSError:
+        pass
+
+
+def append_whole(fd: int, data: bytes) -> None:
+    """Append `data` to the file open at `fd` completely or not at all: a
+    write cut short by a full disk is taken back (truncated), then raised."""
+    start = os.fstat(fd).st_size
+    try:
+        write_all(fd, data)
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise
+
+
 class EntryLog:
     """Appends bootstrap's own entries. Each entry records how much of Codex's
     output existed when it was written, so the shipper can place it after those
-    lines."""
+    lines. `on_disk_full(exc)`, when given, hears of an entry the full disk
+    refused (instead of an exception)."""
 
-    def __init__(self, state_dir: Path, redact: Any = None) -> None:
+    def __init__(self, state_dir: Path, redact: Any = None,
+                 on_disk_full: Callable[[OSError], None] | None = None) -> None:
         self.path = state_dir / BOOTSTRAP_LOG
         self.codex_out = state_dir / CODEX_OUT
         self._redact = redact
+        self._on_disk_full = on_disk_full
 
     def write(self, level: str, message: str, kind: str, **extra: Any) -> None:
         if self._redact is not None:
@@ -70,17 +122,22 @@ class EntryLog:
             "codex_offset": codex_offset,
         }
         line = orjson.dumps(record) + b"\n"
-        fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+            fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
+                append_whole(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if self._on_disk_full is None or not is_disk_full(exc):
+                raise
+            self._on_disk_full(exc)
 
 
 def terminate_last_line(path: Path) -> None:
     """Codex has exited: make its unterminated last line (a crash mid-write, or
     a 50 MB line with no newline) a complete line, so it is shipped and a resume's
-    output starts on a line of its own."""
+    output starts on a line of its own. Raises OSError when the disk is full."""
     try:
         with open(path, "rb+") as f:
             if f.seek(0, os.SEEK_END) == 0:
@@ -212,7 +269,22 @@ class ShipperState:
         return cls.read(state_dir) or cls()
 
     def save(self, state_dir: Path) -> None:
-        write_private(state_dir / SHIPPER_STATE, orjson.dumps(asdict(self)))
+        path = state_dir / SHIPPER_STATE
+        data = orjson.dumps(asdict(self))
+        try:
+            write_private(path, data)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # A rename needs a new file's blocks, which a full disk has not:
+            # overwrite the old one in place instead (its block is there, and
+            # trailing spaces keep it valid JSON when the new text is shorter).
+            fd = open_private(path, os.O_WRONLY)
+            try:
+                old = os.fstat(fd).st_size
+                os.pwrite(fd, data.ljust(old), 0)
+            finally:
+                os.close(fd)
 
     def evolve(self, **changes: Any) -> ShipperState:
         return replace(self, **changes)
