@@ -36,7 +36,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def run_single(run_id: str, token: str, config: Path, server: str, timing: Timing) -> int:
     from supervisor.preflight import prepare
     from supervisor.run import supervise
-    from supervisor.signals import Interrupts
+    from supervisor.signals import Aborted, Interrupts
     from workers.common.backend_client import Backend
     from workers.run_processes import sweep_left_processes
 
@@ -50,8 +50,15 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     # claimed the run, a SIGTERM must still end in the run's report.
     interrupts = Interrupts().install()
     try:
-        with Backend(prep.server, run_id, token, timing) as backend:
+        # A backend that accepts the fetch and never answers holds a signal
+        # for the flush time at most.
+        with Backend(prep.server, run_id, token, timing) as backend, interrupts.bounded(timing.flush_timeout):
             payload = backend.fetch_bootstrap(sleep=interrupts.sleep)
+    except Aborted:
+        interrupts.restore()
+        say(f"run {run_id}: {interrupts.name} received while fetching the run; the backend did not answer "
+            f"within {timing.flush_timeout:g} s, so it is not known whether the run was claimed")
+        return interrupts.exit_code
     except BaseException:
         interrupts.restore()
         raise

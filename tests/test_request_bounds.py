@@ -29,7 +29,8 @@ def test_sigterm_while_complete_hangs_ends_bootstrap_within_the_flush_bound(env:
     backend.set_faults(delay_ms=300_000, paths=["/complete", "/error"])
     run_id, token = backend.create_run(prompt="Work.")
     proc = env.start("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
-                     extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "ok"})
+                     extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "ok",
+                            "FLYWHEEL_TIMING_READ_TIMEOUT": "120"})  # the read timeout alone would not do
     wait_until(lambda: any(e["message"] == "run complete" for e in backend.entries(run_id)), 60,
                "the last entry before the report")
     proc.send_signal(signal.SIGTERM)
@@ -107,3 +108,20 @@ def test_a_4_mib_checkpoint_over_a_slow_uplink_is_posted_once(env: Env, backend:
     assert [a["artifact_type"] for a in artifacts] == ["checkpoint"], "posted once, never re-sent"
     assert backend.request_counts(run_id).get("artifacts") == 1
     assert not any("hung" in e["message"] for e in backend.entries(run_id))
+
+
+def test_sigterm_while_the_fetch_hangs_ends_bootstrap_within_the_flush_bound(env: Env, backend: LocalBackend) -> None:
+    backend.set_faults(delay_ms=300_000, paths=["/bootstrap"])  # accepts the fetch, never answers
+    run_id, token = backend.create_run(prompt="Work.")
+    proc = env.start("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
+                     extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "ok",
+                            "FLYWHEEL_TIMING_READ_TIMEOUT": "120"})  # the read timeout alone would not do
+    wait_until(lambda: backend.connections_opened >= 1, 60, "the fetch to be under way")
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)  # flush bound 5 s here; the fetch would hang 300 s
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("bootstrap kept waiting on the hanging fetch after SIGTERM") from None
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
