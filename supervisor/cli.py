@@ -11,22 +11,24 @@ from typing import Any
 import click
 
 from supervisor import __version__
+from supervisor.durations import DURATION
 from supervisor.settings import RunSettings
-from workers.common.errors import EXIT_OK, EXIT_SIGINT, EXIT_USAGE, BootstrapError
+from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_SIGINT, EXIT_USAGE, BootstrapError
 from workers.common.files import flywheel_home
 from workers.common.timing import Timing
 
 DEFAULT_SERVER = "http://localhost:8000"
+CONFIG_HELP = "Path to your Codex config.toml [default: ~/.codex/config.toml when it exists]."
 
 
 def say(line: str) -> None:
     click.echo(f"flywheel-bootstrap: {line}", err=True)
 
 
-def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be a positive number of seconds, not {value:g}")
-    return value
+def default_config() -> Path | None:
+    """~/.codex/config.toml when it exists (every example uses it)."""
+    path = Path("~/.codex/config.toml").expanduser()
+    return path if path.is_file() else None
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -65,7 +67,9 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     if payload is None:
         interrupts.restore()
         interrupts.raise_if_received()
-        say(f"warning: run {run_id} was already claimed by another bootstrap (HTTP 409); nothing to do")
+        say(f"warning: run {run_id}: the backend answered HTTP 409 (already claimed): another bootstrap is "
+            f"running it, or it already ran and finished; nothing to do here. What this machine shipped for it: "
+            f"flywheel-bootstrap logs {run_id}")
         _mention_leftover_spool(prep.state_dir)
         return EXIT_OK
     return supervise(prep, payload, say, interrupts)
@@ -87,7 +91,7 @@ def _mention_leftover_spool(state_dir: Path) -> None:
 @click.option("--token", envvar="FLYWHEEL_RUN_TOKEN", show_envvar=False,
               help="The run's token (env FLYWHEEL_RUN_TOKEN — preferred: arguments are visible in `ps`).")
 @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=True),
-              help="Path to your Codex config.toml (required; the default for every line of --runs).")
+              help=CONFIG_HELP + " The default for every line of --runs.")
 @click.option("--server", envvar="FLYWHEEL_SERVER", default=DEFAULT_SERVER, show_default=True,
               help="Flywheel backend base URL (env FLYWHEEL_SERVER).")
 @click.option("--runs", "runs_file", metavar="FILE", help="Run many runs from FILE ('-' = stdin); see README.")
@@ -97,10 +101,11 @@ def _mention_leftover_spool(state_dir: Path) -> None:
               "default from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a Slurm job array.")
 @click.option("--max-parallel", type=click.IntRange(min=1), help="At most N runs at a time.")
 @click.option("--gpus-per-run", type=click.IntRange(min=1), help="Give each run K GPUs (CUDA_VISIBLE_DEVICES).")
-@click.option("--heartbeat-interval", type=float, envvar="FLYWHEEL_HEARTBEAT_INTERVAL", callback=_positive,
-              help="Seconds between heartbeats [default: 30] (env FLYWHEEL_HEARTBEAT_INTERVAL).")
-@click.option("--codex-timeout", type=float, envvar="FLYWHEEL_CODEX_TIMEOUT", callback=_positive,
-              help="Stop Codex after S seconds and report an error (env FLYWHEEL_CODEX_TIMEOUT).")
+@click.option("--heartbeat-interval", type=DURATION, envvar="FLYWHEEL_HEARTBEAT_INTERVAL",
+              help="Time between heartbeats: 30s, 2m; bare = seconds [default: 30s] (env FLYWHEEL_HEARTBEAT_INTERVAL).")
+@click.option("--codex-timeout", type=DURATION, envvar="FLYWHEEL_CODEX_TIMEOUT",
+              help="Stop Codex after this long (90m, 2h; bare = seconds) and report an error "
+              "(env FLYWHEEL_CODEX_TIMEOUT).")
 @click.version_option(__version__, prog_name="flywheel-bootstrap")
 @click.pass_context
 def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path | None, server: str,
@@ -115,7 +120,17 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
     Try it:    flywheel-bootstrap demo
     """
     if ctx.invoked_subcommand is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ctx.params
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} cannot be given before `{ctx.invoked_subcommand}`: "
+                                   f"they apply to a run; see `flywheel-bootstrap {ctx.invoked_subcommand} --help`")
         return
+    if not any(ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE for name in ctx.params) \
+            and run_id is None and runs_file is None:
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_OK)
+    config = config or default_config()
     timing = Timing.from_env(heartbeat_interval=heartbeat_interval, codex_timeout=codex_timeout)
     if runs_file is not None:
         if ctx.get_parameter_source("run_id") == click.core.ParameterSource.COMMANDLINE or \
@@ -139,7 +154,7 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
         raise click.UsageError("--watch needs --runs DIR (the folder runs files are dropped into)")
     missing = [name for name, value in (("--run-id (or FLYWHEEL_RUN_ID)", run_id),
                                         ("--token (or FLYWHEEL_RUN_TOKEN)", token),
-                                        ("--config", config)) if not value]
+                                        ("--config (or ~/.codex/config.toml)", config)) if not value]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)}")
     if max_parallel is not None or gpus_per_run is not None or shard is not None:
@@ -149,7 +164,8 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port, printed at start).")
 @click.option("--db", type=click.Path(path_type=Path), help="SQLite file [default: ~/.flywheel/backend.sqlite3].")
 def serve(host: str, port: int, db: Path | None) -> None:
     """Start a local Flywheel backend (for trying the tool and for tests)."""
@@ -161,13 +177,18 @@ def serve(host: str, port: int, db: Path | None) -> None:
 @cli.command()
 @click.option("--folder", type=click.Path(path_type=Path), help="Where the demo keeps its files "
               "[default: ~/.flywheel/demo].")
-@click.option("--runs", "count", default=3, show_default=True, type=click.IntRange(1, 64))
+@click.option("--count", "count", default=3, show_default=True, type=click.IntRange(1, 64),
+              help="How many mock runs to start.")
+@click.option("--runs", "old_count", type=click.IntRange(1, 64), hidden=True)
 @click.option("--take-over", is_flag=True, help="Take the first run over, send its agent an input, hand it back.")
 @click.pass_context
-def demo(ctx: click.Context, folder: Path | None, count: int, take_over: bool) -> None:
+def demo(ctx: click.Context, folder: Path | None, count: int, old_count: int | None, take_over: bool) -> None:
     """Start the local backend, run a few mock runs in parallel, show the result."""
     from supervisor.demo import run_demo
 
+    if old_count is not None:
+        say("note: `demo --runs N` is now `demo --count N` (--runs FILE is the top-level runs file)")
+        count = old_count
     ctx.exit(run_demo(folder or flywheel_home() / "demo", count, echo=lambda line: click.echo(line),
                       take_over=take_over))
 
@@ -178,8 +199,8 @@ def demo(ctx: click.Context, folder: Path | None, count: int, take_over: bool) -
 @click.argument("text", required=False)
 @click.option("--server", envvar="FLYWHEEL_SERVER", default=DEFAULT_SERVER, show_default=True,
               help="The local backend's URL (env FLYWHEEL_SERVER).")
-@click.option("--wait", default=120.0, show_default=True, type=float, callback=_positive,
-              help="Seconds to wait for the run's acknowledgement.")
+@click.option("--wait", default="120s", show_default=True, type=DURATION,
+              help="How long to wait for the run's acknowledgement (30s, 5m; bare = seconds).")
 @click.pass_context
 def control(ctx: click.Context, run_id: str, action: str, text: str | None, server: str, wait: float) -> None:
     """Take over a run, talk to its agent, hand it back (local backend).
@@ -197,6 +218,26 @@ def control(ctx: click.Context, run_id: str, action: str, text: str | None, serv
     if text is not None and not text.strip():
         raise click.UsageError("TEXT is empty")
     ctx.exit(send_control(server, run_id, action, text, wait, echo=lambda line: click.echo(line)))
+
+
+@cli.command()
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=True), help=CONFIG_HELP)
+@click.option("--server", envvar="FLYWHEEL_SERVER", default=DEFAULT_SERVER, show_default=True,
+              help="Flywheel backend base URL (env FLYWHEEL_SERVER).")
+@click.option("--run-id", envvar="FLYWHEEL_RUN_ID",
+              help="Also check this run's token (env FLYWHEEL_RUN_TOKEN) without claiming the run.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
+@click.pass_context
+def doctor(ctx: click.Context, config: Path | None, server: str, run_id: str | None, as_json: bool) -> None:
+    """Check that this machine is ready: config, Codex, sandbox, GPUs, state folder, backend, token."""
+    from supervisor import doctor as dr
+
+    given = dr.DoctorInput(config=config or default_config(), server=server, run_id=run_id,
+                           token=os.environ.get("FLYWHEEL_RUN_TOKEN"), home=flywheel_home(), env=os.environ)
+    checks = dr.run_checks(given, on_check=None if as_json else lambda c: click.echo(dr.render(c)))
+    if as_json:
+        click.echo(dr.as_json(checks))
+    ctx.exit(EXIT_OK if dr.passed(checks) else EXIT_RUN_ERROR)
 
 
 def main(argv: list[str] | None = None) -> None:

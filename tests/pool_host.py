@@ -57,10 +57,11 @@ def overlapped():
 def on_term(signum, frame):
     record("term")
     if action != "stubborn":
-        sys.exit(143)
+        sys.exit(128 + signum)
 
 
 signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGINT, on_term)  # the pool forwards the signal it got
 record(
     "start",
     gpus=os.environ.get("CUDA_VISIBLE_DEVICES"),

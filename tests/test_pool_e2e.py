@@ -158,7 +158,7 @@ def test_sigint_to_a_pool_of_real_supervisors(env: Any, backend: LocalBackend) -
     assert pool.returncode == 130, out
     for rid, tok in runs:
         assert backend.run(rid)["state"] == "error", out
-        assert backend.run(rid)["reason"] == "cancelled (SIGTERM)", out
+        assert backend.run(rid)["reason"] == "cancelled (SIGINT)", out
         assert tok not in out
     assert "3 runs: 3 cancelled" in out
     assert wait_gone([c["pid"] for c in started_codex]) == []

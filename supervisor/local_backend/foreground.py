@@ -42,6 +42,7 @@ def serve_instructions(url: str, db_path: Path) -> list[str]:
         f"  create a run:  {create}",
         "  run it:        FLYWHEEL_RUN_TOKEN=<token> flywheel-bootstrap --run-id <run_id> "
         f"--config <config.toml> --server {url}",
+        "                 (add BOOTSTRAP_MOCK_CODEX=1 to try it without Codex or a model: the mock agent)",
         f"  look at it:    curl -s {url}/admin/runs/<run_id>",
     ]
 

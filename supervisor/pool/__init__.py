@@ -12,8 +12,8 @@ but the host, so one crashing never disturbs another. The pool:
   until their GPUs (and a `--max-parallel` slot) are free;
 - reports a run whose supervisor was killed by a signal (the supervisor could
   not report it itself) with `POST /runs/{id}/error`;
-- on SIGINT/SIGTERM forwards SIGTERM to every supervisor (each cancels its
-  Codex and reports `cancelled (SIGTERM)`); a second signal SIGKILLs them all.
+- on SIGINT/SIGTERM forwards that signal to every supervisor (each cancels its
+  Codex and reports `cancelled (SIGINT)` or `(SIGTERM)`); a second signal SIGKILLs them all.
 
 Tokens go to children in the environment, never on a command line (`ps` shows
 those to every user). Children run in their own sessions, so a Ctrl-C on the

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from supervisor.pool import states
-from supervisor.pool.gpus import GpuAllocator
+from supervisor.pool.gpus import NO_NVIDIA_SMI, NVIDIA_SMI, GpuAllocator
 from supervisor.pool.runs_file import RunSpec
 from supervisor.signals import signal_name
 from workers.common.errors import (
@@ -124,8 +124,9 @@ def plan_gpus(
     if gpus_per_run is not None:
         if not host:
             problems.append(
-                f"--gpus-per-run {gpus_per_run}: no GPUs found on this host ({source} lists none); "
-                "leave out --gpus-per-run or check the NVIDIA driver"
+                f"--gpus-per-run {gpus_per_run}: no GPUs found on this host ("
+                + ("nvidia-smi is not installed" if source == NO_NVIDIA_SMI else f"{source} lists none")
+                + "); leave out --gpus-per-run or check the NVIDIA driver"
             )
         elif gpus_per_run > len(host):
             problems.append(
@@ -142,7 +143,7 @@ def plan_gpus(
                     problems.append(f"line {spec.line}: run {spec.run_id!r} {problem} (from {source})")
     if problems:
         raise ConfigError("\n".join(problems))
-    return GpuPlan(universe, requests, from_nvidia_smi=bool(host) and source == "nvidia-smi -L")
+    return GpuPlan(universe, requests, from_nvidia_smi=bool(host) and source == NVIDIA_SMI)
 
 
 def next_starts(

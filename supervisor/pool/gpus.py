@@ -25,11 +25,17 @@ def discover(env: Mapping[str, str]) -> tuple[str, ...]:
     return parse_nvidia_smi(_run_nvidia_smi(env))
 
 
+NVIDIA_SMI = "nvidia-smi -L"
+NO_NVIDIA_SMI = "nvidia-smi, which is not installed"
+
+
 def source_of(env: Mapping[str, str]) -> str:
     """Where discover() looks, for messages."""
     if "CUDA_VISIBLE_DEVICES" in env:
         return f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r}"
-    return "nvidia-smi -L"
+    if shutil.which("nvidia-smi", path=env.get("PATH")) is None:
+        return NO_NVIDIA_SMI
+    return NVIDIA_SMI
 
 
 def parse_visible_devices(value: str) -> tuple[str, ...]:

@@ -419,8 +419,9 @@ class Pool:
             elif run.state == states.RUNNING and run.proc is not None:
                 try:
                     # The supervisor only (not its group): it stops its Codex and
-                    # workers itself, after flushing what they hold.
-                    os.kill(run.proc.pid, signal.SIGTERM)
+                    # workers itself, after flushing what they hold. The signal the
+                    # pool got, so a Ctrl-C is recorded as SIGINT.
+                    os.kill(run.proc.pid, signum)
                 except ProcessLookupError:
                     pass
                 run.state = states.STOPPING
