@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def run_single(run_id: str, token: str, config: Path, server: str, timing: Timing) -> int:
+def run_single(run_id: str, token: str, config: Path, server: str, timing: Timing, follow: bool = False) -> int:
     from supervisor.preflight import prepare
     from supervisor.run import supervise
     from supervisor.signals import Aborted, Interrupts
@@ -72,7 +73,22 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
             f"flywheel-bootstrap logs {run_id}")
         _mention_leftover_spool(prep.state_dir)
         return EXIT_OK
-    return supervise(prep, payload, say, interrupts)
+    if not follow:
+        return supervise(prep, payload, say, interrupts)
+    # A process of its own, not a thread: the supervisor forks its workers, and a
+    # thread holding stderr's lock at that moment would hang them.
+    follower = subprocess.Popen([sys.executable, "-m", "supervisor", "logs", run_id, "-f", "--while-stdin-open"],
+                                stdin=subprocess.PIPE, stdout=sys.stderr)
+    try:
+        return supervise(prep, payload, say, interrupts)
+    finally:
+        assert follower.stdin is not None
+        follower.stdin.close()  # tells it to print what is left and stop
+        try:
+            follower.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            follower.kill()
+            follower.wait()
 
 
 def _mention_leftover_spool(state_dir: Path) -> None:
@@ -106,11 +122,12 @@ def _mention_leftover_spool(state_dir: Path) -> None:
 @click.option("--codex-timeout", type=DURATION, envvar="FLYWHEEL_CODEX_TIMEOUT",
               help="Stop Codex after this long (90m, 2h; bare = seconds) and report an error "
               "(env FLYWHEEL_CODEX_TIMEOUT).")
+@click.option("-v", "--follow", "follow", is_flag=True, help="One run: also print Codex's events as they come.")
 @click.version_option(__version__, prog_name="flywheel-bootstrap")
 @click.pass_context
 def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path | None, server: str,
         runs_file: str | None, watch: bool, shard: str | None, max_parallel: int | None, gpus_per_run: int | None,
-        heartbeat_interval: float | None, codex_timeout: float | None) -> None:
+        heartbeat_interval: float | None, codex_timeout: float | None, follow: bool) -> None:
     """Run Flywheel jobs with Codex on this machine.
 
     \b
@@ -136,6 +153,8 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
         if ctx.get_parameter_source("run_id") == click.core.ParameterSource.COMMANDLINE or \
                 ctx.get_parameter_source("token") == click.core.ParameterSource.COMMANDLINE:
             raise click.UsageError("--runs cannot be combined with --run-id/--token (put them in the runs file)")
+        if follow:
+            raise click.UsageError("--follow is for one run; with --runs, use `flywheel-bootstrap logs RUN_ID -f`")
         if watch:
             if shard is not None:
                 raise click.UsageError("--shard shares one runs file; it does not apply to --watch")
@@ -159,7 +178,7 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
         raise click.UsageError(f"missing {', '.join(missing)}")
     if max_parallel is not None or gpus_per_run is not None or shard is not None:
         raise click.UsageError("--max-parallel, --gpus-per-run and --shard only apply with --runs")
-    ctx.exit(run_single(run_id, token, config, server, timing))  # type: ignore[arg-type]
+    ctx.exit(run_single(run_id, token, config, server, timing, follow))  # type: ignore[arg-type]
 
 
 @cli.command()
@@ -238,6 +257,85 @@ def doctor(ctx: click.Context, config: Path | None, server: str, run_id: str | N
     if as_json:
         click.echo(dr.as_json(checks))
     ctx.exit(EXIT_OK if dr.passed(checks) else EXIT_RUN_ERROR)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new entries while the run goes.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: each entry as shipped, plus \"shipped\".")
+@click.option("--while-stdin-open", is_flag=True, hidden=True)  # `--follow` on a run: stop when it ends
+@click.pass_context
+def logs(ctx: click.Context, run_id: str, follow: bool, as_json: bool, while_stdin_open: bool) -> None:
+    """What RUN_ID shipped to the backend and what still waits, in order (⧗ = waiting)."""
+    from supervisor.logs_view import show
+    from supervisor.workspace import validate_run_id
+
+    validate_run_id(run_id)
+    state_dir = flywheel_home() / "state" / run_id
+    if not state_dir.is_dir():
+        raise click.UsageError(f"no run {run_id} on this machine: {state_dir} does not exist "
+                               "(logs reads the state folder of runs started here; set FLYWHEEL_HOME if they "
+                               "ran under another)")
+    try:
+        count = show(state_dir, click.echo, as_json=as_json, follow=follow,
+                     still_follow=_stdin_open if while_stdin_open else None)
+    except KeyboardInterrupt:
+        ctx.exit(EXIT_OK)
+    if not count and not as_json:
+        click.echo(f"-- run {run_id} has no log entries yet ({state_dir})")
+    ctx.exit(EXIT_OK)
+
+
+@cli.command()
+@click.option("--older-than", type=DURATION, default="7d", show_default=True,
+              help="Only runs whose state folder has not changed for this long (30m, 12h, 7d).")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+def prune(older_than: float, dry_run: bool) -> None:
+    """Remove the state folders (and default workspaces) of runs that ended."""
+    from supervisor.durations import format_duration
+    from supervisor.pool.status_view import format_elapsed
+    from supervisor.prune import find_prunable, remove
+
+    home = flywheel_home()
+    freed = 0
+    problems = []
+    found = find_prunable(home, older_than)
+    for item in found:
+        what = " and ".join(str(f) for f in item.folders)
+        if dry_run:
+            click.echo(f"would remove run {item.run_id}: {what} ({item.size / 1024**2:.1f} MiB, idle "
+                       f"{format_elapsed(item.idle_s)})")
+            continue
+        problem = remove(item)
+        if problem:
+            problems.append(problem)
+            say(f"error: could not remove run {item.run_id}: {problem}")
+            continue
+        freed += item.size
+        click.echo(f"removed run {item.run_id}: {what}")
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{len(found) - len(problems)} run(s) older than {format_duration(older_than)} in {home / 'state'}; "
+               f"{verb} {(sum(i.size for i in found) if dry_run else freed) / 1024**2:.1f} MiB")
+    if problems:
+        sys.exit(EXIT_RUN_ERROR)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script, e.g. `eval "$(flywheel-bootstrap completion bash)"`."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "flywheel-bootstrap", "_FLYWHEEL_BOOTSTRAP_COMPLETE").source())
+
+
+def _stdin_open() -> bool:
+    import select
+
+    readable, _, _ = select.select([sys.stdin], [], [], 0)
+    return not readable  # readable with nothing to read: closed
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,76 @@
+"""`flywheel-bootstrap prune [--older-than 7d]`: remove the state folders of runs that
+ended (and their workspaces when they are bootstrap's default ones, under
+~/.flywheel/runs/), like `uv cache prune`. A workspace the user's config placed
+elsewhere is never touched: it may hold their work."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor.logs_view import supervisor_alive
+
+
+@dataclass(frozen=True)
+class Prunable:
+    run_id: str
+    folders: tuple[Path, ...]
+    idle_s: float
+    size: int
+
+
+def _walk_files(folder: Path) -> Iterator[os.stat_result]:
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                yield os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+
+
+def last_change(folder: Path) -> float:
+    """The newest modification time in the folder (the folder's own, if empty)."""
+    newest = folder.stat().st_mtime
+    for st in _walk_files(folder):
+        newest = max(newest, st.st_mtime)
+    return newest
+
+
+def size_of(folder: Path) -> int:
+    return sum(st.st_size for st in _walk_files(folder))
+
+
+def find_prunable(home: Path, older_than: float, now: float | None = None) -> list[Prunable]:
+    """Runs whose bootstrap is not running and whose state folder has not changed
+    for `older_than` seconds, oldest first."""
+    now = time.time() if now is None else now
+    state_root = home / "state"
+    found: list[Prunable] = []
+    if not state_root.is_dir():
+        return found
+    for state_dir in sorted(state_root.iterdir()):
+        if not state_dir.is_dir() or state_dir.is_symlink() or supervisor_alive(state_dir):
+            continue
+        idle = now - last_change(state_dir)
+        if idle < older_than:
+            continue
+        folders = [state_dir]
+        workspace = home / "runs" / state_dir.name
+        if workspace.is_dir() and not workspace.is_symlink():
+            folders.append(workspace)
+        found.append(Prunable(state_dir.name, tuple(folders), idle, sum(size_of(f) for f in folders)))
+    return sorted(found, key=lambda p: -p.idle_s)
+
+
+def remove(item: Prunable) -> str | None:
+    """Delete the run's folders; a problem as text, or None."""
+    for folder in item.folders:
+        try:
+            shutil.rmtree(folder)
+        except OSError as exc:
+            return f"{folder}: {exc.strerror or exc}"
+    return None
