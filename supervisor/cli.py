@@ -13,6 +13,7 @@ import click
 
 from supervisor import __version__
 from supervisor.durations import DURATION
+from supervisor.plain_output import stamp
 from supervisor.settings import RunSettings
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_SIGINT, EXIT_USAGE, BootstrapError
 from workers.common.files import flywheel_home
@@ -23,7 +24,8 @@ CONFIG_HELP = "Path to your Codex config.toml [default: ~/.codex/config.toml whe
 
 
 def say(line: str) -> None:
-    click.echo(f"flywheel-bootstrap: {line}", err=True)
+    text = f"flywheel-bootstrap: {line}"
+    click.echo(text if sys.stderr.isatty() else stamp(text), err=True)
 
 
 def default_config() -> Path | None:
@@ -49,6 +51,11 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     )
     prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"))
     sweep_left_processes(prep.state_dir.parent, say)
+    def retrying(why: str, attempt: int) -> None:
+        if attempt == 2:  # once: the final failure names the last reason again
+            say(f"run {run_id}: the backend does not answer the task fetch ({why}); trying up to "
+                f"{timing.fetch_tries} times")
+
     # From here on a signal is an event, not an exception: once the fetch has
     # claimed the run, a SIGTERM must still end in the run's report.
     interrupts = Interrupts().install()
@@ -56,7 +63,7 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
         # A backend that accepts the fetch and never answers holds a signal
         # for the flush time at most.
         with Backend(prep.server, run_id, token, timing) as backend, interrupts.bounded(timing.flush_timeout):
-            payload = backend.fetch_bootstrap(sleep=interrupts.sleep)
+            payload = backend.fetch_bootstrap(sleep=interrupts.sleep, on_retry=retrying)
     except Aborted:
         interrupts.restore()
         say(f"run {run_id}: {interrupts.name} received while fetching the run; the backend did not answer "
@@ -123,11 +130,12 @@ def _mention_leftover_spool(state_dir: Path) -> None:
               help="Stop Codex after this long (90m, 2h; bare = seconds) and report an error "
               "(env FLYWHEEL_CODEX_TIMEOUT).")
 @click.option("-v", "--follow", "follow", is_flag=True, help="One run: also print Codex's events as they come.")
+@click.option("--json", "as_json", is_flag=True, help="With --runs: the summary as one JSON object on stdout.")
 @click.version_option(__version__, prog_name="flywheel-bootstrap")
 @click.pass_context
 def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path | None, server: str,
         runs_file: str | None, watch: bool, shard: str | None, max_parallel: int | None, gpus_per_run: int | None,
-        heartbeat_interval: float | None, codex_timeout: float | None, follow: bool) -> None:
+        heartbeat_interval: float | None, codex_timeout: float | None, follow: bool, as_json: bool) -> None:
     """Run Flywheel jobs with Codex on this machine.
 
     \b
@@ -168,7 +176,7 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
         from supervisor.pool.main import run_many
 
         ctx.exit(run_many(runs_file, config, server, max_parallel, gpus_per_run, heartbeat_interval,
-                          codex_timeout, shard=shard))
+                          codex_timeout, shard=shard, as_json=as_json))
     if watch:
         raise click.UsageError("--watch needs --runs DIR (the folder runs files are dropped into)")
     missing = [name for name, value in (("--run-id (or FLYWHEEL_RUN_ID)", run_id),
@@ -176,8 +184,8 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
                                         ("--config (or ~/.codex/config.toml)", config)) if not value]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)}")
-    if max_parallel is not None or gpus_per_run is not None or shard is not None:
-        raise click.UsageError("--max-parallel, --gpus-per-run and --shard only apply with --runs")
+    if max_parallel is not None or gpus_per_run is not None or shard is not None or as_json:
+        raise click.UsageError("--max-parallel, --gpus-per-run, --shard and --json only apply with --runs")
     ctx.exit(run_single(run_id, token, config, server, timing, follow))  # type: ignore[arg-type]
 
 

@@ -229,6 +229,18 @@ def check_gpus(env: Mapping[str, str]) -> tuple[Check, int]:
     return Check("GPUs", OK, f"{len(found)} ({', '.join(found)}) from {program} -L"), len(found)
 
 
+def check_containment(env: Mapping[str, str]) -> Check:
+    """What a run's processes would be held by here (made and removed again)."""
+    from workers.run_processes import containment_in_force
+
+    try:
+        said = containment_in_force(env).removeprefix("containment: ")
+    except OSError as exc:
+        return Check("containment", FAIL, f"could not be set up ({exc})",
+                     "check /sys/fs/cgroup (cgroup v2) and /proc")
+    return Check("containment", OK, said)
+
+
 def check_state(home: Path) -> Check:
     state = home / "state"
     existing = state
@@ -312,6 +324,7 @@ def run_checks(given: DoctorInput, on_check: Callable[[Check], None] | None = No
     add(check_sandbox(codex, cfg, given.env, given.server, host_gpus))
     add(check_bubblewrap(codex, cfg, given.env))
     add(gpus)
+    add(check_containment(given.env))
     add(check_state(given.home))
     for check in check_backend(given.server, given.run_id, given.token):
         add(check)

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 import multiprocess  # type: ignore[import-untyped]
 
-from supervisor import git_persist
+from supervisor import git_persist, run_status
+from supervisor.link_status import LinkWatch, link_of
 from supervisor.arbiter import Arbiter, WorkerGaveUp, WorkerSpec
 from supervisor.codex_output import failure_detail, find_thread_id, last_agent_message, last_failure
 from supervisor.codex_process import CodexProcess, exec_argv, resume_argv, stderr_tail
@@ -51,6 +52,7 @@ from workers.common.spool import (
     CODEX_ERR,
     CODEX_OUT,
     EntryLog,
+    ShipperState,
     disk_full_reason,
     give_back,
     is_disk_full,
@@ -119,6 +121,8 @@ class RunSupervisor:
         # Why the run cannot go on, as a worker said (RunCannotGoOn): the
         # backend refused the token, or the state folder's disk is full.
         self.fatal: str | None = None
+        self.link_watch = LinkWatch()
+        self._link_looked = 0.0
 
     # -- workers ---------------------------------------------------------------
 
@@ -149,6 +153,7 @@ class RunSupervisor:
         for worker, event in self.arbiter.poll(timeout, [self.interrupts, *extra]):
             self._on_event(worker, event)
         self.interrupts.drain()  # `received` keeps the record; the pipe only wakes us
+        self._look_at_link()
 
     def _on_event(self, worker: str, event: Event) -> None:
         """Every event a worker sends arrives here, once, and is kept until
@@ -193,6 +198,16 @@ class RunSupervisor:
                 raise
             self._disk_full(exc)
 
+    def _look_at_link(self) -> None:
+        """One line when the backend stops answering the shipper, one when it is back."""
+        now = time.monotonic()
+        if now - self._link_looked < 1.0:
+            return
+        self._link_looked = now
+        line = self.link_watch.look(link_of(ShipperState.load(self.state)), time.time())
+        if line:
+            self.echo(f"run {self.prep.settings.run_id}: {line}")
+
     def _notify(self, line: str) -> None:
         self.echo(f"run {self.prep.settings.run_id}: {line}")
         self.log.write("warning", line, "warning")
@@ -235,6 +250,7 @@ class RunSupervisor:
         started = time.time()
         self.arbiter.send(HEARTBEAT, Phase(phase, started), sticky=True)
         self.arbiter.send(CONTROL, ControlLive(), sticky=True)
+        run_status.write(self.state, run_status.CODEX_RUNNING)
         limit = self.timing.codex_timeout
         deadline = proc.started + limit if limit else None
         end: CodexEnd | None = None
@@ -643,6 +659,11 @@ class RunSupervisor:
         return decision
 
     def _deliver(self, report: Report, deadline: FlushDeadline) -> None:
+        # For the pool's view: the outcome with the whole reason the backend gets.
+        run_status.write(self.state, run_status.ENDED, codex_ran=(self.state / CODEX_OUT).exists(),
+                         outcome="complete" if report.path == "/complete" else "error",
+                         reason=report.body.get("reason") or report.body.get("summary", ""))
+
         def sleep(seconds: float) -> bool:
             # Keep supervising (and hear a Ctrl-C) between tries.
             self._poll(seconds)

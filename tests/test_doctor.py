@@ -62,13 +62,17 @@ def test_wrong_token_is_refused_or_not_checked(env: Env, backend: LocalBackend) 
     assert backend.request_counts(run_id).get("bootstrap", 0) == 0
 
 
-def test_refused_and_dns_are_named_and_exit_1(env: Env) -> None:
+def closed_port_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
-    code, out, _ = doctor(env, "--config", str(env.config(NO_SANDBOX)), "--server", f"http://127.0.0.1:{port}")
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
+
+
+def test_refused_and_dns_are_named_and_exit_1(env: Env) -> None:
+    url = closed_port_url()
+    code, out, _ = doctor(env, "--config", str(env.config(NO_SANDBOX)), "--server", url)
     assert code == 1
-    assert f"✗ backend: http://127.0.0.1:{port}: connection refused" in out
+    assert f"✗ backend: {url}: connection refused" in out
     assert "fix: start the backend" in out
     code, out, _ = doctor(env, "--config", str(env.config(NO_SANDBOX)), "--server", "http://no-such-host.invalid")
     assert code == 1 and "DNS lookup of no-such-host.invalid failed" in out
@@ -131,8 +135,17 @@ def test_bad_config_and_json(env: Env, backend: LocalBackend) -> None:
     by_name = {c["name"]: c for c in report["checks"]}
     assert by_name["config"]["status"] == "fail" and by_name["config"]["fix"]
     assert by_name["backend"]["status"] == "ok"
-    assert {"config", "codex", "codex login", "sandbox", "bubblewrap", "GPUs", "state folder", "backend",
-            "token"} <= set(by_name)
+    assert {"config", "codex", "codex login", "sandbox", "bubblewrap", "GPUs", "containment", "state folder",
+            "backend", "token"} <= set(by_name)
+    assert by_name["containment"]["status"] == "ok"
+
+
+def test_containment_names_cgroup_or_fallback(env: Env, backend: LocalBackend) -> None:
+    _, out, _ = doctor(env, "--config", str(env.config(NO_SANDBOX)), "--server", backend.url)
+    assert lines_by_name(out)["containment"].startswith(("✓ containment: cgroup v2 ", "✓ containment: no writable"))
+    _, out, _ = doctor(env, "--config", str(env.config(NO_SANDBOX)), "--server", backend.url,
+                       extra={"FLYWHEEL_CONTAINMENT": "marker"})
+    assert "falling back to the FLYWHEEL_RUN_MARKER environment marker" in lines_by_name(out)["containment"]
 
 
 def test_config_defaults_to_codex_home_config(env: Env, backend: LocalBackend) -> None:

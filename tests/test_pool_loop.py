@@ -61,7 +61,7 @@ def test_failed_run_gives_exit_1_and_the_others_complete(host: Host) -> None:
     assert sorted(e["run"] for e in events if e["ev"] == "end") == ["r1", "r2", "r3", "r4"]
     output = host.output()
     assert "4 runs: 3 complete, 1 error" in output
-    assert "run reported an error (exit 1): flywheel-bootstrap: error: codex exit code 1 (fake)" in output
+    assert "run reported an error (exit 1): codex exit code 1 (fake)" in output  # no doubled prefix
     assert str(host.home / "state" / "r2" / "pool-output.log") in output
 
 

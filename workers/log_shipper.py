@@ -243,6 +243,7 @@ class Shipper:
         if not lines:
             return
         self._send(lines)
+        self._backend_answers()
         self.state = self.state.evolve(delivered_offset=end, delivered=self.state.delivered + len(lines))
         now = time.monotonic()
         if now - self._last_commit >= COMMIT_EVERY or not self.state.pending:
@@ -288,6 +289,7 @@ class Shipper:
 
     def _sleep(self, seconds: float) -> bool:
         """Wait between retries; keep encoding meanwhile. True = stop now."""
+        self._backend_fails(self.backend.last_answer)
         deadline = time.monotonic() + seconds
         while True:
             self._handle(self.mb.wait(min(IDLE_WAIT, max(0.0, deadline - time.monotonic())), [self.wake]))
@@ -298,14 +300,42 @@ class Shipper:
             if time.monotonic() >= deadline:
                 return False
 
+    def _backend_fails(self, answer: Any) -> None:
+        """A try failed: record since when and why (shipper.json), and say so in
+        this worker's log when it starts or its cause changes."""
+        why = (answer.why or f"HTTP {answer.status}") if answer is not None else "no answer"
+        if self.state.backend_down_since is None:
+            self.state = self.state.evolve(backend_down_since=time.time(), backend_trouble=why)
+            self._log(f"the backend does not answer ({why}); entries wait on disk and are retried")
+        elif why != self.state.backend_trouble:
+            self.state = self.state.evolve(backend_trouble=why)
+            self._log(f"the backend still does not answer, now: {why}")
+        else:
+            return
+        self.state.save(self.dir)
+
+    def _backend_answers(self) -> None:
+        since = self.state.backend_down_since
+        if since is None:
+            return
+        outage = max(0.0, time.time() - since)
+        self.state = self.state.evolve(backend_down_since=None, backend_trouble="", last_outage_s=outage)
+        self.state.save(self.dir)
+        self._log(f"the backend answers again after {outage:.1f} s")
+
+    @staticmethod
+    def _log(text: str) -> None:
+        # stderr is this worker's log file (worker-log-shipper.log).
+        print(f"{utc_now()} log-shipper: {text}", file=sys.stderr, flush=True)
+
     def _report_dropped(self, count: int, why: str) -> None:
         # Not retried (docs/protocol.md); said once per kind of refusal, locally, without
         # the entries' content. shipper.json keeps the running count.
         self.state = self.state.evolve(dropped=self.state.dropped + count)
         if why not in self._refusals:
             self._refusals.add(why)
-            print(f"log-shipper: the backend refused log entries ({why}); they are dropped, not retried "
-                  "(count in shipper.json)", file=sys.stderr, flush=True)
+            self._log(f"the backend refused log entries ({why}); they are dropped, not retried "
+                      "(count in shipper.json)")
 
     # -- loop ------------------------------------------------------------------
 

@@ -133,3 +133,11 @@ def last_output_line(path: Path, secret: str) -> str:
         if line and not line.startswith("--- pool"):
             return Redactor.of(secret).text(line)
     return ""
+
+
+def without_prefix(line: str, run_id: str) -> str:
+    """A supervisor's line without `flywheel-bootstrap: run <id>: ` (the pool's view
+    already names the run) and without a repeated `error: `."""
+    for prefix in ("flywheel-bootstrap: ", f"run {run_id}: ", "error: "):
+        line = line.removeprefix(prefix)
+    return line

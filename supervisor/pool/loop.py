@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from supervisor import run_status
+from supervisor.link_status import link_of, trouble_text
 from supervisor.control_ledger import read_mode
 from supervisor.pool import states
 from supervisor.pool import status_view as sv
 from supervisor.pool.children import (
+    without_prefix,
     OUTPUT_LOG,
     CannotStart,
     end_run_processes,
@@ -48,6 +51,7 @@ from supervisor.pool.report import post_error, post_note
 from supervisor.pool.runs_file import RunSpec
 from supervisor.signals import signal_name
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR
+from workers.common.spool import ShipperState
 from workers.common.timing import Timing
 from workers.common.wake import WakePipe
 from workers.run_processes import Usage, kept_usage, live_usage, signal_group
@@ -72,6 +76,8 @@ class PoolSettings:
     cancel_grace: float
     # The longest the loop sleeps between two looks at the runs.
     tick: float
+    # Gets the summary as one JSON object instead of the table (`--json`).
+    summary_out: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -95,6 +101,10 @@ class RunSlot:
     # GPUs are held back until none does (monotonic time it was first seen).
     lingering_since: float | None = None
     usage: Usage | None = None  # once its processes are gone
+    # Wall-clock time its supervisor was started; run_status.json older than
+    # this is an earlier start's.
+    spawned_at: float = 0.0
+    codex_started: bool = False
 
     @property
     def log_path(self) -> Path:
@@ -105,19 +115,30 @@ class RunSlot:
         if self.started is not None:
             elapsed = (self.ended if self.ended is not None else now) - self.started
         entries = self.entries
+        trouble = ""
         if self.state in (states.RUNNING, states.STOPPING):
             entries = read_delivered(self.state_dir)
             if entries is None:
                 entries = self.entries
             self.entries = entries
+            trouble = trouble_text(link_of(ShipperState.load(self.state_dir)), time.time())
         result = self.result if self.state != states.WAITING else self.why_waiting
         usage = self.usage
         if usage is None and self.state in (states.RUNNING, states.STOPPING):
             usage = live_usage(self.state_dir)
         if self.state == states.RUNNING:
             self.mode = read_mode(self.state_dir) or self.mode
-        return sv.RunRow(self.spec.run_id, self.state, elapsed, entries, self.gpus, result,
-                         usage.cpu_seconds if usage else None, usage.peak_bytes if usage else None, self.mode)
+        return sv.RunRow(self.spec.run_id, self._shown_state(), elapsed, entries, self.gpus, result,
+                         usage.cpu_seconds if usage else None, usage.peak_bytes if usage else None, self.mode,
+                         trouble)
+
+    def _shown_state(self) -> str:
+        """`starting` until this start of the run has Codex running."""
+        if self.state != states.RUNNING:
+            return self.state
+        if not self.codex_started:
+            self.codex_started = run_status.codex_started_since(run_status.read(self.state_dir), self.spawned_at)
+        return states.RUNNING if self.codex_started else states.STARTING
 
 
 class Feed(Protocol):
@@ -359,6 +380,7 @@ class Pool:
             return
         run.state = states.RUNNING
         run.started = time.monotonic()
+        run.spawned_at = time.time()
 
     def _fail_to_start(self, run: RunSlot, why: str) -> None:
         self._release(run)
@@ -391,7 +413,9 @@ class Pool:
         if self._feed is not None:
             self._feed.ended(run.spec, run.state)
         if outcome.state == states.ERROR and returncode > 0:
-            detail = last_output_line(run.log_path, run.spec.token)
+            # The reason the backend got, in full; else the supervisor's last line.
+            detail = run_status.reason_line(run_status.read(run.state_dir), run.spawned_at) or \
+                without_prefix(last_output_line(run.log_path, run.spec.token), run.spec.run_id)
             if detail:
                 run.result = f"{outcome.result}: {detail}"
         if outcome.post_reason is not None:
@@ -456,8 +480,12 @@ class Pool:
         now = time.monotonic()
         rows = [run.row(now) for run in self.runs]
         self._view.close()
-        self._echo(sv.summary(rows))
+        status = pool_exit_status((run.status for run in self.runs), self.interrupted_by)
+        if self.settings.summary_out is not None:
+            self.settings.summary_out(sv.summary_json(rows, status))
+        else:
+            self._echo(sv.summary(rows))
         for run in self.runs:
             if run.state != states.COMPLETE and run.log_path.exists():
                 self._echo(f"run {run.spec.run_id}: its supervisor's output is in {run.log_path}")
-        return pool_exit_status((run.status for run in self.runs), self.interrupted_by)
+        return status

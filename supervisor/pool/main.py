@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import click
 
+from supervisor.config import CodexConfig
+from supervisor.plain_output import stamped
+from workers.common.errors import EXIT_OK, EXIT_SIGINT, BackendUnavailable, ConfigError
 from supervisor.pool import gpus as gpu_discovery
 from supervisor.pool import status_view as sv
 from supervisor.pool.decisions import (
@@ -23,7 +27,6 @@ from supervisor.pool.decisions import (
 from supervisor.pool.loop import Pool, PoolSettings, View
 from supervisor.pool.runs_file import RunSpec, read_runs
 from supervisor.pool.shard import parse_shard, shard_from_env, take_share
-from workers.common.errors import EXIT_OK, EXIT_SIGINT, ConfigError
 from workers.common.files import flywheel_home
 from workers.common.timing import Timing
 from workers.run_processes import containment_in_force, sweep_left_processes
@@ -31,18 +34,22 @@ from workers.run_processes import containment_in_force, sweep_left_processes
 
 def run_many(runs_file: str, config: Path | None, server: str, max_parallel: int | None,
              gpus_per_run: int | None, heartbeat_interval: float | None, codex_timeout: float | None,
-             *, shard: str | None = None) -> int:
+             *, shard: str | None = None, as_json: bool = False) -> int:
     """`flywheel-bootstrap --runs FILE [--shard K/N]`: read the runs file, take this
-    task's share of it, then run the pool."""
+    task's share of it, then run the pool. With `as_json`, stdout gets only the JSON
+    summary; the view goes to stderr."""
     share = parse_shard(shard) if shard is not None else shard_from_env(os.environ)
     specs, warnings = read_runs(runs_file, sys.stdin, default_config=config, default_server=server)
+    say = stamped(lambda line: click.echo(line, err=True), is_tty=sys.stderr.isatty())
     for warning in warnings:
-        click.echo(f"flywheel-bootstrap: warning: {warning}", err=True)
+        say(f"flywheel-bootstrap: warning: {warning}")
+    stream = sys.stderr if as_json else sys.stdout
+    echo = stamped(lambda line: click.echo(line, err=as_json), is_tty=stream.isatty())
     if share is not None:
         mine = take_share(specs, share)
-        click.echo(f"shard {share} ({share.source}): {len(mine)} of the {len(specs)} runs of {runs_file}")
+        echo(f"shard {share} ({share.source}): {len(mine)} of the {len(specs)} runs of {runs_file}")
         if not mine:
-            click.echo("nothing to run in this shard")
+            echo("nothing to run in this shard")
             return EXIT_OK
         specs = mine
     return run_pool(
@@ -52,16 +59,49 @@ def run_many(runs_file: str, config: Path | None, server: str, max_parallel: int
         heartbeat_interval=heartbeat_interval,
         codex_timeout=codex_timeout,
         env=os.environ,
-        echo=lambda line: click.echo(line),
-        is_tty=sys.stdout.isatty(),
+        echo=echo,
+        is_tty=stream.isatty(),
+        check_servers=True,
+        summary_out=(lambda text: click.echo(text)) if as_json else None,
     )
 
 
-def check_configs(specs: Sequence[RunSpec], echo: Callable[[str], None]) -> None:
+def reach_servers(specs: Sequence[RunSpec], timing: Timing) -> None:
+    """Each distinct backend answers at all (any HTTP status), tried a few times
+    with backoff; else one BackendUnavailable (exit 3) before any run starts,
+    instead of every run failing on its own."""
+    import requests
+
+    from workers.common.backoff import backoff_delay
+    from workers.common.net_trouble import describe
+
+    for server in dict.fromkeys(spec.server for spec in specs):
+        why = ""
+        for attempt in range(timing.fetch_tries):
+            if attempt:
+                time.sleep(backoff_delay(attempt - 1, timing.backoff_base, timing.backoff_cap))
+            try:
+                with requests.Session() as session:
+                    session.trust_env = False  # as the runs do
+                    session.get(f"{server.rstrip('/')}/", timeout=(timing.connect_timeout, timing.read_timeout),
+                                allow_redirects=False)
+                why = ""
+                break
+            except requests.RequestException as exc:
+                why = describe(exc, server)
+        if why:
+            users = [spec.run_id for spec in specs if spec.server == server]
+            raise BackendUnavailable(
+                f"the backend {server} cannot be reached: {why} (after {timing.fetch_tries} tries); "
+                f"no run was started ({len(users)} run{'s' if len(users) != 1 else ''} use it)")
+
+
+def check_configs(specs: Sequence[RunSpec], echo: Callable[[str], None]) -> list[CodexConfig]:
     """Read every distinct config of the runs once; one ConfigError lists every bad one."""
     from supervisor.config import load_config
 
     problems: list[str] = []
+    configs: list[CodexConfig] = []
     for path in dict.fromkeys(spec.config for spec in specs):
         users = [spec.run_id for spec in specs if spec.config == path]
         shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
@@ -70,11 +110,13 @@ def check_configs(specs: Sequence[RunSpec], echo: Callable[[str], None]) -> None
         except ConfigError as exc:
             problems.append(f"{exc.message}\n  (the config of run{'s' if len(users) > 1 else ''} {shown})")
             continue
+        configs.append(config)
         # Shown once here; each supervisor's copy goes to its own output log.
         for warning in config.warnings:
             echo(f"warning: {warning}")
     if problems:
         raise ConfigError("\n".join(problems) + "\nno run was started")
+    return configs
 
 
 def prepare_shared(
@@ -82,9 +124,10 @@ def prepare_shared(
 ) -> dict[str, str]:
     """Work done once for all runs, before any starts; returns the children's base
     environment. Raises ConfigError (exit 2) or ProvisionError (exit 4)."""
+    from supervisor.preflight import sandbox_problem
     from supervisor.provision import find_codex, terminal_progress
 
-    check_configs(specs, echo)
+    configs = check_configs(specs, echo)
     base = dict(env)
     codex = find_codex(
         env,
@@ -92,6 +135,9 @@ def prepare_shared(
         mock=bool(env.get("BOOTSTRAP_MOCK_CODEX")),
         echo_progress=terminal_progress() if is_tty else None,
     )
+    # Found by each run's supervisor too, but said here once, not only in its log.
+    for problem in dict.fromkeys(filter(None, (sandbox_problem(codex, c.sandbox_mode, env) for c in configs))):
+        echo(f"warning: {problem}")
     if codex.source in ("download", "cache"):
         # Not on PATH: put its folder first, so children find it there and never
         # download (or even lock the cache) again.
@@ -132,6 +178,8 @@ def run_pool(
     is_tty: bool,
     child_argv: ChildArgv | None = None,
     cancel_grace: float | None = None,
+    check_servers: bool = False,
+    summary_out: Callable[[str], None] | None = None,
 ) -> int:
     """Run every spec, each under its own supervisor; return the exit status of
     the README (Exit status; see EXIT_PRIORITY for mixed outcomes).
@@ -139,7 +187,9 @@ def run_pool(
     Problems found before any run starts (bad options, GPUs the host does not
     have, a bad config, Codex not provisioned) raise a BootstrapError.
     `child_argv` replaces the supervisor command (tests); `cancel_grace` bounds
-    how long cancelled supervisors may take before they are SIGKILLed."""
+    how long cancelled supervisors may take before they are SIGKILLed;
+    `check_servers` asks every backend once before any run starts (exit 3);
+    `summary_out` gets the summary as JSON instead of the table."""
     if max_parallel is not None and max_parallel < 1:
         raise ConfigError(f"--max-parallel {max_parallel}: give at least 1 (or leave it out)")
     ids = [spec.run_id for spec in specs]
@@ -154,6 +204,8 @@ def run_pool(
     timing = Timing.from_env(env)
     try:
         base_env = prepare_shared(specs, env, echo, is_tty=is_tty)
+        if check_servers:
+            reach_servers(specs, timing)
     except KeyboardInterrupt:
         echo("interrupted before any run started")
         return EXIT_SIGINT
@@ -184,6 +236,7 @@ def _settings(plan: GpuPlan, base_env: Mapping[str, str], timing: Timing, max_pa
         max_parallel=max_parallel,
         cancel_grace=cancel_grace,
         tick=0.25 if is_tty else 1.0,
+        summary_out=summary_out,
     )
 
 

@@ -135,7 +135,7 @@ def permission_warning(path: Path, mode: int) -> str | None:
     if not stat.S_ISREG(mode) or not mode & (stat.S_IRGRP | stat.S_IROTH):
         return None
     return (
-        f"warning: runs file {path} is readable by other users "
+        f"runs file {path} is readable by other users "
         f"(mode {stat.S_IMODE(mode):04o}) and holds run tokens; run: chmod 600 {path}"
     )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 WAITING = "waiting"
+# Its supervisor runs, Codex not yet (config, workspace, fetching the task).
+STARTING = "starting"
 RUNNING = "running"
 STOPPING = "stopping"
 COMPLETE = "complete"

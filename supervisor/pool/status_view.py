@@ -8,15 +8,16 @@ for a list of rows, so it can be tested without a terminal.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from supervisor.pool.states import CANCELLED, COMPLETE, ERROR, FINAL_STATES, RUNNING, STOPPING, WAITING
+from supervisor.pool.states import CANCELLED, COMPLETE, ERROR, FINAL_STATES, RUNNING, STARTING, STOPPING, WAITING
 from workers.run_processes import format_bytes, format_seconds
 
 _HEADERS = ("RUN", "STATE", "MODE", "ELAPSED", "ENTRIES", "GPUS", "CPU", "PEAK", "RESULT")
 # Running runs first when a terminal is too short for the whole table.
-_SHOW_FIRST = {STOPPING: 0, RUNNING: 1, WAITING: 2, ERROR: 3, CANCELLED: 4, COMPLETE: 5}
+_SHOW_FIRST = {STOPPING: 0, RUNNING: 1, STARTING: 1, WAITING: 2, ERROR: 3, CANCELLED: 4, COMPLETE: 5}
 _CLEAR_BELOW = "\x1b[J"
 
 
@@ -36,6 +37,8 @@ class RunRow:
     # autonomous / interactive (a person took it over; docs/control-channel.md)
     # once it runs; None before.
     mode: str | None = None
+    # The backend does not answer this run's shipper (link_status.trouble_text).
+    trouble: str = ""
 
 
 def format_elapsed(seconds: float | None) -> str:
@@ -67,7 +70,7 @@ def _cells(row: RunRow, max_result: int | None) -> tuple[str, ...]:
         ",".join(row.gpus) if row.gpus else "-",
         "-" if row.cpu_seconds is None else format_seconds(row.cpu_seconds),
         "-" if row.peak_bytes is None else format_bytes(row.peak_bytes),
-        _clip(row.result.replace("\n", " "), max_result) or "-",
+        _clip((row.trouble or row.result).replace("\n", " "), max_result) or "-",
     )
 
 
@@ -88,7 +91,7 @@ def tally(rows: Sequence[RunRow]) -> str:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
-    order = [COMPLETE, ERROR, CANCELLED, RUNNING, STOPPING, WAITING]
+    order = [COMPLETE, ERROR, CANCELLED, RUNNING, STARTING, STOPPING, WAITING]
     parts = [f"{counts[state]} {state}" for state in order if counts.get(state)]
     parts += [f"{n} {state}" for state, n in sorted(counts.items()) if state not in order]
     noun = "run" if len(rows) == 1 else "runs"
@@ -100,10 +103,18 @@ def summary(rows: Sequence[RunRow]) -> str:
     return f"{render(rows, max_result=None)}\n{tally(rows)}"
 
 
+def summary_json(rows: Sequence[RunRow], exit_status: int) -> str:
+    """The end-of-pool summary as one JSON object (`--runs FILE --json`)."""
+    runs = [{"run_id": r.run_id, "state": r.state, "elapsed_s": None if r.elapsed is None else round(r.elapsed, 3),
+             "entries": r.entries, "gpus": list(r.gpus) if r.gpus else None, "result": r.result,
+             "cpu_seconds": r.cpu_seconds, "peak_bytes": r.peak_bytes} for r in rows]
+    return json.dumps({"exit_status": exit_status, "tally": tally(rows), "runs": runs}, ensure_ascii=False)
+
+
 def plain_line(row: RunRow) -> str:
     """One line for a state change, for logs without a terminal."""
     text = f"run {row.run_id}: {row.state}"
-    if row.state == RUNNING and row.gpus:
+    if row.state in (RUNNING, STARTING) and row.gpus:
         text += f" on GPUs {','.join(row.gpus)}"
     if row.state == RUNNING and row.mode == "interactive":
         text += ", taken over by a person (interactive)"
@@ -198,6 +209,7 @@ class PlainView:
     def __init__(self, echo: Callable[[str], None]) -> None:
         self._echo = echo
         self._seen: dict[str, tuple[str, bool]] = {}
+        self._troubled: set[str] = set()
 
     def update(self, rows: Sequence[RunRow], now: float, *, force: bool = False) -> None:
         for row in rows:
@@ -207,6 +219,14 @@ class PlainView:
             if self._seen.get(row.run_id) != seen:
                 self._seen[row.run_id] = seen
                 self._echo(plain_line(row))
+            # One line when the backend stops answering the run, one when it is back.
+            if row.trouble and row.run_id not in self._troubled:
+                self._troubled.add(row.run_id)
+                self._echo(f"run {row.run_id}: {row.trouble}")
+            elif not row.trouble and row.run_id in self._troubled:
+                self._troubled.discard(row.run_id)
+                if row.state not in FINAL_STATES:
+                    self._echo(f"run {row.run_id}: backend answers again")
 
     def message(self, text: str) -> None:
         self._echo(text)

@@ -19,6 +19,7 @@ import requests
 from workers.common.backoff import backoff_delay
 from workers.common.errors import BackendUnavailable, ConfigError
 from workers.common.lean_http import LeanPoster, OneWriteAdapter, TransportError
+from workers.common.net_trouble import describe
 from workers.common.timing import Timing
 
 RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
@@ -47,6 +48,8 @@ class Answer:
 
     status: int
     body: bytes = b""
+    # Why it was not answered (TLS, DNS, refused, timed out), in words; "" if it was.
+    why: str = ""
 
     @property
     def ok(self) -> bool:
@@ -56,12 +59,6 @@ class Answer:
         return orjson.loads(self.body)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.ConnectionError):
-        return "could not connect"
-    return type(exc).__name__
 
 
 class Backend:
@@ -82,6 +79,8 @@ class Backend:
         # Telemetry posts skip requests' per-call layer (lean_http); neither
         # path follows a redirect: it could carry the token to another host.
         self._poster = LeanPoster(self._session, self.base, timing.connect_timeout, timing.read_timeout)
+        # The latest answer of `post`, for a caller that reports trouble between tries.
+        self.last_answer: Answer | None = None
 
     def close(self) -> None:
         self._session.close()
@@ -99,8 +98,8 @@ class Backend:
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         try:
             status, content = self._poster.post(path, data, progress)
-        except TransportError:
-            return Answer(0)
+        except TransportError as exc:
+            return Answer(0, why=describe(exc, self.base))
         return Answer(status, content)
 
     def get_once(self, path: str, read_timeout: float | None = None) -> Answer:
@@ -111,8 +110,8 @@ class Backend:
         try:
             r = self._session.get(self.base + path, timeout=timeout, allow_redirects=False)
             content = r.content
-        except requests.RequestException:
-            return Answer(0)
+        except requests.RequestException as exc:
+            return Answer(0, why=describe(exc, self.base))
         return Answer(r.status_code, content)
 
     def reset(self) -> None:
@@ -137,6 +136,7 @@ class Backend:
         while True:
             answer = (self.post_once(path, body, progress) if attempt is None
                       else attempt(lambda: self.post_once(path, body, progress)))
+            self.last_answer = answer
             if answer.status and answer.status not in RETRYABLE_STATUS:
                 return answer
             if not keep_trying():
@@ -149,19 +149,23 @@ class Backend:
             else:
                 time.sleep(delay)
 
-    def fetch_bootstrap(self, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any] | None:
+    def fetch_bootstrap(self, sleep: Callable[[float], None] = time.sleep,
+                        on_retry: Callable[[str, int], None] | None = None) -> dict[str, Any] | None:
         """The run's payload, or None when another bootstrap already claimed it (409).
 
         Retries connection errors, timeouts and 5xx a few times, then gives up with
-        exit 3; 401/403/404 are final at once."""
+        exit 3; 401/403/404 are final at once. `on_retry(why, try_number)` hears
+        of each retry, so the user is not left waiting in silence."""
         last = ""
         for attempt in range(self.timing.fetch_tries):
             if attempt:
+                if on_retry is not None:
+                    on_retry(last, attempt + 1)
                 sleep(backoff_delay(attempt - 1, self.timing.backoff_base, self.timing.backoff_cap))
             try:
                 r = self._session.get(self.base + "/bootstrap", timeout=self._timeout, allow_redirects=False)
             except requests.RequestException as exc:
-                last = _describe(exc)
+                last = describe(exc, self.base)
                 continue
             if r.status_code == 409:
                 return None

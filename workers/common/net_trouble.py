@@ -7,6 +7,7 @@ import ssl
 from urllib.parse import urlsplit
 
 import requests
+from urllib3 import exceptions as u3
 
 TLS = "tls"
 DNS = "dns"
@@ -43,13 +44,13 @@ def kind_of(exc: BaseException) -> str:
     """TLS, DNS, REFUSED, TIMEOUT or OTHER for an exception from requests."""
     chain = _chain(exc)
     text = " ".join(f"{type(e).__name__}: {e}" for e in chain)
-    if any(isinstance(e, (requests.exceptions.SSLError, ssl.SSLError)) for e in chain):
+    if any(isinstance(e, (requests.exceptions.SSLError, ssl.SSLError, u3.SSLError)) for e in chain):
         return TLS
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text:
         return REFUSED
-    if any(marker in text for marker in _DNS_MARKERS):
+    if any(isinstance(e, u3.NameResolutionError) for e in chain) or any(m in text for m in _DNS_MARKERS):
         return DNS
-    if any(isinstance(e, (requests.Timeout, TimeoutError)) for e in chain):
+    if any(isinstance(e, (requests.Timeout, TimeoutError, u3.TimeoutError)) for e in chain):
         return TIMEOUT
     return OTHER
 

@@ -252,6 +252,12 @@ class ShipperState:
     last_event_at: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    # The backend's trouble, for the run's and the pool's output (link_status):
+    # wall-clock time of the first failed try of the current outage, what failed,
+    # and how long the last outage lasted.
+    backend_down_since: float | None = None
+    backend_trouble: str = ""
+    last_outage_s: float = 0.0
 
     @classmethod
     def read(cls, state_dir: Path) -> ShipperState | None:
