@@ -24,7 +24,7 @@ from supervisor.pool import gpus as gpu_discovery
 from workers.common import net_trouble
 from supervisor.config import NO_SANDBOX_MODE, CodexConfig, load_config
 from workers.common.errors import BootstrapError
-from supervisor.provision import CODEX_VERSION, CodexCommand, installed_path, login_ok
+from supervisor.provision import CODEX_VERSION, CodexCommand, installed_path, kept_checksum, login_ok
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
 MARKS = {OK: "✓", FAIL: "✗", SKIP: "–"}
@@ -109,7 +109,9 @@ def check_codex(codex: CodexCommand | None, env: Mapping[str, str], home: Path) 
     if codex.source == "mock":
         return Check("codex", OK, "mock agent (BOOTSTRAP_MOCK_CODEX is set)")
     where = "on PATH" if codex.source == "path" else "downloaded by bootstrap"
-    return Check("codex", OK, f"{codex.argv_prefix[0]} ({where}), {_version(codex, env)}")
+    kept = kept_checksum(home) if codex.source != "path" else None
+    said = f", archive SHA-256 {kept}" if kept else ""
+    return Check("codex", OK, f"{codex.argv_prefix[0]} ({where}), {_version(codex, env)}{said}")
 
 
 def check_login(codex: CodexCommand | None, cfg: CodexConfig | None, env: Mapping[str, str]) -> Check:

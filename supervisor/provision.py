@@ -45,6 +45,8 @@ CODEX_VERSION = "0.169.0"
 DEFAULT_BASE_TEMPLATE = "https://github.com/openai/codex/releases/download/rust-v{version}"
 ENV_DOWNLOAD_URL = "FLYWHEEL_CODEX_DOWNLOAD_URL"
 ENV_SHA256 = "FLYWHEEL_CODEX_SHA256"
+# The SHA-256 of the archive a downloaded Codex came from, beside the binary.
+CHECKSUM_NAME = "codex.tar.gz.sha256"
 
 # Temporary files live beside the destination (same filesystem, so os.replace is
 # atomic) under these prefixes; leftovers of a killed download are removed under
@@ -105,6 +107,16 @@ def release_url(version: str, arch: str, base: str | None = None) -> str:
     """URL of the release tarball; `base` (a mirror) replaces GitHub's release folder."""
     root = base if base else DEFAULT_BASE_TEMPLATE.format(version=version)
     return f"{root.rstrip('/')}/{member_name(arch)}.tar.gz"
+
+
+def kept_checksum(home: Path, version: str = CODEX_VERSION) -> str | None:
+    """The SHA-256 kept when bootstrap downloaded this Codex; None if not kept."""
+    try:
+        text = (install_dir(home, version) / CHECKSUM_NAME).read_text()
+    except OSError:
+        return None
+    digest = text.split()[0] if text.split() else ""
+    return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
 
 
 def install_dir(home: Path, version: str = CODEX_VERSION) -> Path:
@@ -286,8 +298,16 @@ def _attempt(
             raise _Retryable(f"SHA-256 mismatch: got {got}, {ENV_SHA256} says {sha256}")
         binary = _extract_member(part, member_name(arch), folder)
         binary.chmod(0o755)
+        # Kept beside the binary (before it appears, so a binary never lacks it)
+        # and said once, so what was installed can be checked later.
+        checked = f"verified against {ENV_SHA256}" if sha256 is not None else \
+            f"not verified: set {ENV_SHA256} to pin it"
+        (folder / CHECKSUM_NAME).write_text(f"{got}  {url.rsplit('/', 1)[-1]}\n")
         os.replace(binary, dest)
         binary = None
+        lead = "\n" if progress is not None else ""  # end the progress line first
+        print(f"{lead}flywheel-bootstrap: downloaded Codex {CODEX_VERSION} from {mask_url_userinfo(url)}: SHA-256 {got} "
+              f"({checked}); kept in {folder / CHECKSUM_NAME}", file=sys.stderr, flush=True)
     finally:
         part.unlink(missing_ok=True)
         if binary is not None:

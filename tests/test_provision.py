@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.provision import (
+    CHECKSUM_NAME,
     CODEX_VERSION,
     CodexCommand,
     TerminalProgress,
@@ -28,6 +29,7 @@ from supervisor.provision import (
     find_codex,
     host_arch,
     installed_path,
+    kept_checksum,
     login_ok,
     member_name,
     release_url,
@@ -182,7 +184,7 @@ def test_first_download_installs_a_working_binary_then_reuses_it(tmp_path: Path,
     assert out.stdout.strip() == "fake-codex --version"
     assert server.state.requests == [f"/mirror/{member_name(ARCH)}.tar.gz"]
     assert seen[0] == (0, len(body)) and seen[-1] == (len(body), len(body))
-    assert folder_entries(tmp_path) == {"codex", ".lock"}
+    assert folder_entries(tmp_path) == {"codex", ".lock", CHECKSUM_NAME}
 
     # Second start on the same host: no request at all.
     assert download(tmp_path, env_for(server)) == path
@@ -214,7 +216,7 @@ def test_other_members_are_never_extracted(tmp_path: Path, server: Server) -> No
     body = make_tarball({"../../escaped": b"nope", member_name(ARCH): FAKE_CODEX, "/abs": b"nope"})
     server.serve(Reply(200, body))
     download(tmp_path, env_for(server))
-    assert folder_entries(tmp_path) == {"codex", ".lock"}
+    assert folder_entries(tmp_path) == {"codex", ".lock", CHECKSUM_NAME}
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "codex" / "escaped").exists()
 
 
@@ -227,6 +229,20 @@ def test_sha256_checked(tmp_path: Path, server: Server) -> None:
 
     good = hashlib.sha256(body).hexdigest().upper()
     assert download(tmp_path, env_for(server, FLYWHEEL_CODEX_SHA256=f" {good}\n")).is_file()
+
+
+def test_sha256_of_every_download_printed_and_kept(tmp_path: Path, server: Server,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    body = make_tarball()
+    server.serve(Reply(200, body))
+    digest = hashlib.sha256(body).hexdigest()
+    download(tmp_path, env_for(server))
+    said = capsys.readouterr().err
+    assert f"SHA-256 {digest} (not verified: set FLYWHEEL_CODEX_SHA256 to pin it)" in said
+    assert kept_checksum(tmp_path) == digest
+    (tmp_path / "codex" / CODEX_VERSION / "codex").unlink()
+    download(tmp_path, env_for(server, FLYWHEEL_CODEX_SHA256=digest))
+    assert f"SHA-256 {digest} (verified against FLYWHEEL_CODEX_SHA256)" in capsys.readouterr().err
 
 
 def test_malformed_sha256_is_a_config_error(tmp_path: Path, server: Server) -> None:
@@ -257,7 +273,7 @@ def test_interrupted_download_is_discarded_and_retried(tmp_path: Path, server: S
     path = download(tmp_path, env_for(server))
     assert path.read_bytes().startswith(FAKE_CODEX)
     assert server.count == 2
-    assert folder_entries(tmp_path) == {"codex", ".lock"}
+    assert folder_entries(tmp_path) == {"codex", ".lock", CHECKSUM_NAME}
 
 
 def test_always_interrupted_download_fails_cleanly(tmp_path: Path, server: Server) -> None:
@@ -274,7 +290,7 @@ def test_leftovers_of_a_killed_download_are_removed(tmp_path: Path, server: Serv
     (folder / ".extract-def").write_bytes(b"half")
     server.serve(Reply(200, make_tarball()))
     download(tmp_path, env_for(server))
-    assert folder_entries(tmp_path) == {"codex", ".lock"}
+    assert folder_entries(tmp_path) == {"codex", ".lock", CHECKSUM_NAME}
 
 
 def test_server_down(tmp_path: Path) -> None:
