@@ -96,3 +96,15 @@ def test_json_summary(env: Env, backend: LocalBackend) -> None:
     assert [r["run_id"] for r in summary["runs"]] == [rid for rid, _ in runs]
     assert all(r["state"] == "complete" and r["entries"] > 0 for r in summary["runs"])
     assert all(tok not in done.stdout for _, tok in runs)
+
+
+def test_supervisor_lines_lose_the_prefixes_the_view_already_shows() -> None:
+    from supervisor.pool.children import without_prefix
+
+    for line, shown in [
+        ("2026-11-30T16:15:23Z flywheel-bootstrap: run r1: error: codex exit code 1", "codex exit code 1"),
+        ("flywheel-bootstrap: error: the run token is empty", "the run token is empty"),
+        ("flywheel-bootstrap: run r2: error: x", "run r2: error: x"),  # another run's line keeps its id
+        ("plain text", "plain text"),
+    ]:
+        assert without_prefix(line, "r1") == shown

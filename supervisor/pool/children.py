@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,9 +136,13 @@ def last_output_line(path: Path, secret: str) -> str:
     return ""
 
 
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
+
+
 def without_prefix(line: str, run_id: str) -> str:
-    """A supervisor's line without `flywheel-bootstrap: run <id>: ` (the pool's view
-    already names the run) and without a repeated `error: `."""
+    """A supervisor's line without its timestamp and `flywheel-bootstrap: run <id>: `
+    (the pool's view already names the run) and without a repeated `error: `."""
+    line = _STAMP.sub("", line)
     for prefix in ("flywheel-bootstrap: ", f"run {run_id}: ", "error: "):
         line = line.removeprefix(prefix)
     return line
