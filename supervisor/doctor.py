@@ -144,6 +144,16 @@ print(json.dumps({'gpus': gpus, 'network': net}))
 """
 
 
+# Codex's sandbox puts an empty read-only `.git` mount point into each writable
+# root that lacks one: the probe must leave no such folder in /tmp or in the
+# user's writable roots, so only its own scratch folder is writable.
+_NO_WRITABLE_ROOTS = (
+    "-c", "sandbox_workspace_write.writable_roots=[]",
+    "-c", "sandbox_workspace_write.exclude_slash_tmp=true",
+    "-c", "sandbox_workspace_write.exclude_tmpdir_env_var=true",
+)
+
+
 def _probe_target(server: str) -> tuple[str, int]:
     parts = urlsplit(server)
     return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
@@ -169,7 +179,8 @@ def check_sandbox(codex: CodexCommand | None, cfg: CodexConfig | None, env: Mapp
     with tempfile.TemporaryDirectory(prefix="flywheel-doctor-") as scratch:
         codex_home = prepare_codex_home(Path(scratch), cfg, env)
         try:
-            done = subprocess.run([*codex.argv_prefix, "sandbox", "--", sys.executable, "-c", _PROBE, host,
+            done = subprocess.run([*codex.argv_prefix, "sandbox", *_NO_WRITABLE_ROOTS, "--", sys.executable, "-c",
+                                   _PROBE, host,
                                    str(port)], env={**env, "CODEX_HOME": str(codex_home)}, cwd=scratch,
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -193,7 +204,7 @@ def check_sandbox(codex: CodexCommand | None, cfg: CodexConfig | None, env: Mapp
 
 
 def check_bubblewrap(codex: CodexCommand | None, cfg: CodexConfig | None, env: Mapping[str, str]) -> Check:
-    from supervisor.preflight import sandbox_problem
+    from supervisor.preflight import bundled_bwrap, sandbox_problem
 
     if cfg is not None and cfg.sandbox_mode == NO_SANDBOX_MODE:
         return Check("bubblewrap", OK, "not needed (no sandbox)")
@@ -205,9 +216,9 @@ def check_bubblewrap(codex: CodexCommand | None, cfg: CodexConfig | None, env: M
     if problem:
         return Check("bubblewrap", FAIL, "neither bundled with Codex nor on PATH: every command Codex runs fails",
                      "`apt-get install bubblewrap`, or sandbox_mode = \"danger-full-access\"")
-    binary = Path(os.path.realpath(codex.argv_prefix[0]))
-    bundled = binary.parent / "codex-resources" / "bwrap"
-    return Check("bubblewrap", OK, str(bundled) if bundled.exists() else str(shutil.which("bwrap", path=env.get("PATH"))))
+    bundled = bundled_bwrap(Path(os.path.realpath(codex.argv_prefix[0])))
+    return Check("bubblewrap", OK, f"{bundled} (bundled with Codex)" if bundled else
+                 str(shutil.which("bwrap", path=env.get("PATH"))))
 
 
 def check_gpus(env: Mapping[str, str]) -> tuple[Check, int]:

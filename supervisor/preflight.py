@@ -61,6 +61,15 @@ def check_token(token: str) -> None:
         raise ConfigError("the run token contains whitespace or control characters; copy it again")
 
 
+def bundled_bwrap(binary: Path) -> Path | None:
+    """The bubblewrap the npm package of Codex ships: `codex-resources/bwrap` beside
+    the binary's `bin/` folder (0.169: vendor/<triple>/{bin/codex,codex-resources/bwrap})."""
+    for folder in (binary.parent, binary.parent.parent):
+        if (folder / "codex-resources" / "bwrap").exists():
+            return folder / "codex-resources" / "bwrap"
+    return None
+
+
 def sandbox_problem(codex: CodexCommand, mode: str | None, env: Mapping[str, str]) -> str | None:
     """Codex's sandbox on Linux runs commands under bubblewrap: the npm package
     bundles it next to the binary, a bare binary relies on the system's. Without
@@ -68,7 +77,7 @@ def sandbox_problem(codex: CodexCommand, mode: str | None, env: Mapping[str, str
     if codex.source == "mock" or mode == NO_SANDBOX_MODE:
         return None
     binary = Path(os.path.realpath(codex.argv_prefix[0]))
-    if (binary.parent / "codex-resources" / "bwrap").exists() or shutil.which("bwrap", path=env.get("PATH")):
+    if bundled_bwrap(binary) or shutil.which("bwrap", path=env.get("PATH")):
         return None
     return (f"Codex's sandbox needs bubblewrap, which is neither bundled with {binary} nor on PATH, so "
             "every command Codex runs may fail: install it (e.g. `apt-get install bubblewrap`) or set "

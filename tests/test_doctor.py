@@ -199,8 +199,30 @@ def test_token_check_needs_run_and_token() -> None:
 def test_real_codex_sandbox_probe(env: Env, backend: LocalBackend) -> None:
     (env.bin / "codex").unlink()
     (env.bin / "codex").symlink_to(REAL_CODEX)
-    config = env.config('sandbox_mode = "workspace-write"\n' + DANGER)
+    tmp_git_before = Path("/tmp/.git").exists()
+    root = env.tmp / "root"
+    root.mkdir()
+    config = env.config('sandbox_mode = "workspace-write"\n' + DANGER
+                        + f'[sandbox_workspace_write]\nwritable_roots = ["{root}"]\n')
     code, out, _ = doctor(env, "--config", str(config), "--server", backend.url)
     sandbox = lines_by_name(out)["sandbox"]
     # Codex's bubblewrap sandbox has no network namespace link to the host.
     assert "workspace-write" in sandbox and "network blocked inside" in sandbox, out
+    # The probe leaves no `.git` mount point behind in /tmp or a writable root.
+    assert not Path("/tmp/.git").exists() or tmp_git_before
+    assert not (root / ".git").exists()
+    # The npm package's own bubblewrap (vendor/<triple>/codex-resources/bwrap) is found.
+    assert lines_by_name(out)["bubblewrap"].startswith("✓"), out
+
+
+@pytest.mark.parametrize("layout", ["bin/codex-resources/bwrap", "codex-resources/bwrap"])
+def test_bundled_bubblewrap_found_in_both_layouts(tmp_path: Path, layout: str) -> None:
+    from supervisor.preflight import bundled_bwrap
+
+    binary = tmp_path / "bin" / "codex"
+    binary.parent.mkdir()
+    binary.touch()
+    assert bundled_bwrap(binary) is None
+    (tmp_path / layout).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / layout).touch()
+    assert bundled_bwrap(binary) == tmp_path / layout
