@@ -235,7 +235,7 @@ def test_pool_keeps_gpus_until_a_killed_supervisors_processes_are_gone(real: Env
                 held.rmdir()
     assert backend.run(second[0])["state"] == "complete", err
     if "containment: cgroup v2" in out:  # the status view shows what each run used
-        done = next(line for line in out.splitlines() if line.startswith(f"run {second[0]}: complete"))
+        done = next(line for line in out.splitlines() if f"run {second[0]}: complete" in line)  # after the timestamp
         assert "CPU " in done, out
     assert backend.run(first[0])["state"] == "error"
     assert not alive(supervisor)
