@@ -150,3 +150,15 @@ def test_live_view_in_a_real_terminal(env: Env, backend: LocalBackend, tmux) -> 
     final = screen()
     assert "1 run: 1 complete" in final
     assert "\x1b" not in final and final.count(f"{run_id}  complete") == 1
+
+
+def test_unanswered_posts_say_why() -> None:
+    from workers.common.backend_client import Backend
+    from workers.common.timing import Timing
+
+    with Backend(closed_port_url(), "r1", "tok", Timing(connect_timeout=2, read_timeout=2)) as backend:
+        answer = backend.post_once("/logs", {"message": "x"})
+    assert answer.status == 0 and answer.why.startswith("connection refused by 127.0.0.1:"), answer
+    with Backend("http://no-such-host.invalid", "r1", "tok", Timing(connect_timeout=2, read_timeout=2)) as backend:
+        answer = backend.post_once("/logs", {"message": "x"})
+    assert answer.status == 0 and answer.why == "DNS lookup of no-such-host.invalid failed (no such host)", answer
