@@ -211,7 +211,8 @@ def run_pool(
         return EXIT_SIGINT
 
     settings = _settings(plan, base_env, timing, max_parallel, heartbeat_interval, codex_timeout,
-                         is_tty=is_tty, child_argv=child_argv, cancel_grace=cancel_grace)
+                         is_tty=is_tty, child_argv=child_argv, cancel_grace=cancel_grace,
+                         summary_out=summary_out)
     state_root = _state_root(env, echo)
     view = _open_view(echo, is_tty=is_tty)
     return Pool(specs, state_root, settings, view, echo).run()
@@ -219,7 +220,8 @@ def run_pool(
 
 def _settings(plan: GpuPlan, base_env: Mapping[str, str], timing: Timing, max_parallel: int | None,
               heartbeat_interval: float | None, codex_timeout: float | None, *, is_tty: bool,
-              child_argv: ChildArgv | None = None, cancel_grace: float | None = None) -> PoolSettings:
+              child_argv: ChildArgv | None = None, cancel_grace: float | None = None,
+              summary_out: Callable[[str], None] | None = None) -> PoolSettings:
     if cancel_grace is None:
         # Time for each supervisor's own shutdown (Codex grace, spool flush, report).
         cancel_grace = timing.kill_grace + timing.flush_timeout + 30.0
