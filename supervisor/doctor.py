@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 
 import requests
 
-from supervisor.pool import gpus as gpu_discovery
-from workers.common import net_trouble
 from supervisor.config import NO_SANDBOX_MODE, CodexConfig, load_config
-from workers.common.errors import BootstrapError
+from supervisor.pool import gpus as gpu_discovery
 from supervisor.provision import CODEX_VERSION, CodexCommand, installed_path, kept_checksum, login_ok
+from workers.common import net_trouble
+from workers.common.errors import BootstrapError
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
 MARKS = {OK: "✓", FAIL: "✗", SKIP: "–"}

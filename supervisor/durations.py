@@ -39,7 +39,7 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType[float]):
     """A click option taking a positive duration (seconds as a float)."""
 
     name = "duration"

@@ -45,7 +45,8 @@ def render(shown: Shown) -> str:
     entry = shown.entry
     stamp = str(entry.get("created_at", ""))
     clock = stamp[11:23] if len(stamp) >= 23 else stamp
-    extra = entry.get("extra") if isinstance(entry.get("extra"), dict) else {}
+    raw_extra = entry.get("extra")
+    extra: dict[str, Any] = raw_extra if isinstance(raw_extra, dict) else {}
     source = str(extra.get("run_event_source", ""))
     message = str(entry.get("message", "")).replace("\n", " ⏎ ")
     event = extra.get("event")
@@ -119,9 +120,10 @@ def show(state_dir: Path, out: Callable[[str], None], *, as_json: bool, follow: 
     pos = 0
     state = ShipperState.load(state_dir)
     while True:
-        for entry, pos in _entries(state_dir, pos, state.outbox_size):
-            out(emit(Shown(entry, shipped=pos <= state.delivered_offset)))
+        for entry, end in _entries(state_dir, pos, state.outbox_size):
+            out(emit(Shown(entry, shipped=end <= state.delivered_offset)))
             shown += 1
+            pos = end
         if not follow:
             break
         alive = supervisor_alive(state_dir) if still_follow is None else still_follow()

@@ -306,8 +306,8 @@ def _attempt(
         os.replace(binary, dest)
         binary = None
         lead = "\n" if progress is not None else ""  # end the progress line first
-        print(f"{lead}flywheel-bootstrap: downloaded Codex {CODEX_VERSION} from {mask_url_userinfo(url)}: SHA-256 {got} "
-              f"({checked}); kept in {folder / CHECKSUM_NAME}", file=sys.stderr, flush=True)
+        print(f"{lead}flywheel-bootstrap: downloaded Codex {CODEX_VERSION} from {mask_url_userinfo(url)}: "
+              f"SHA-256 {got} ({checked}); kept in {folder / CHECKSUM_NAME}", file=sys.stderr, flush=True)
     finally:
         part.unlink(missing_ok=True)
         if binary is not None:

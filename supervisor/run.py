@@ -29,12 +29,12 @@ from typing import Any, TypeVar
 import multiprocess  # type: ignore[import-untyped]
 
 from supervisor import git_persist, run_status
-from supervisor.link_status import LinkWatch, link_of
 from supervisor.arbiter import Arbiter, WorkerGaveUp, WorkerSpec
 from supervisor.codex_output import failure_detail, find_thread_id, last_agent_message, last_failure
 from supervisor.codex_process import CodexProcess, exec_argv, resume_argv, stderr_tail
 from supervisor.control_decision import AUTONOMOUS_PROMPT, Ack, Step
 from supervisor.crash import crash_reason, fault_point, write_crash_file
+from supervisor.link_status import LinkWatch, link_of
 from supervisor.outcome import Action, CodexEnd, Decision, decide
 from supervisor.preflight import Prepared, codex_env, payload_secrets
 from supervisor.prompt import build_fix_prompt, build_prompt

@@ -13,14 +13,14 @@ from supervisor.cli import cli
 from supervisor.durations import format_duration, parse_duration
 from supervisor.local_backend import LocalBackend
 from supervisor.pool.decisions import plan_gpus
-from workers.common.errors import ConfigError
 from supervisor.pool.gpus import NO_NVIDIA_SMI
 from tests.conftest import Env
+from workers.common.errors import ConfigError
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> click.testing.Result:
-    return CliRunner().invoke(cli, list(args), prog_name="flywheel-bootstrap", env={"FLYWHEEL_RUN_ID": None, "FLYWHEEL_RUN_TOKEN": None,
-                                                     **(env or {})})
+    unset: dict[str, str | None] = {"FLYWHEEL_RUN_ID": None, "FLYWHEEL_RUN_TOKEN": None}
+    return CliRunner().invoke(cli, list(args), prog_name="flywheel-bootstrap", env={**unset, **(env or {})})
 
 
 def test_no_arguments_prints_help() -> None:

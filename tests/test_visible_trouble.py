@@ -25,7 +25,8 @@ from tests.test_faults import gate_path, open_gate
     (False, Link(90.0, "connection refused by h:1 (nothing listens there)", 340), 102.0, True,
      "backend unreachable for 12s (connection refused by h:1 (nothing listens there)); 340 entries waiting on disk"),
     (True, Link(90.0, "HTTP 503", 340), 130.0, True, None),  # said once per outage
-    (True, Link(None, "", 2, last_outage_s=46.0), 140.0, False, "backend answers again after 46s; 2 entries still to ship"),
+    (True, Link(None, "", 2, last_outage_s=46.0), 140.0, False,
+     "backend answers again after 46s; 2 entries still to ship"),
     (False, Link(None, "", 1, last_outage_s=1.0), 140.0, False, None),
 ])
 def test_next_line_table(shown: bool, link: Link, now: float, expect_shown: bool, expect: str | None) -> None:

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Protocol
 
 from supervisor import run_status
-from supervisor.link_status import link_of, trouble_text
 from supervisor.control_ledger import read_mode
+from supervisor.link_status import link_of, trouble_text
 from supervisor.pool import states
 from supervisor.pool import status_view as sv
 from supervisor.pool.children import (
-    without_prefix,
     OUTPUT_LOG,
     CannotStart,
     end_run_processes,
@@ -36,6 +35,7 @@ from supervisor.pool.children import (
     parent_death_hook,
     read_delivered,
     spawn,
+    without_prefix,
 )
 from supervisor.pool.decisions import (
     ChildArgv,

@@ -14,7 +14,6 @@ import click
 
 from supervisor.config import CodexConfig
 from supervisor.plain_output import stamped
-from workers.common.errors import EXIT_OK, EXIT_SIGINT, BackendUnavailable, ConfigError
 from supervisor.pool import gpus as gpu_discovery
 from supervisor.pool import status_view as sv
 from supervisor.pool.decisions import (
@@ -27,6 +26,7 @@ from supervisor.pool.decisions import (
 from supervisor.pool.loop import Pool, PoolSettings, View
 from supervisor.pool.runs_file import RunSpec, read_runs
 from supervisor.pool.shard import parse_shard, shard_from_env, take_share
+from workers.common.errors import EXIT_OK, EXIT_SIGINT, BackendUnavailable, ConfigError
 from workers.common.files import flywheel_home
 from workers.common.timing import Timing
 from workers.run_processes import containment_in_force, sweep_left_processes
