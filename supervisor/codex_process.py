@@ -79,7 +79,21 @@ class CodexProcess:
 
     @property
     def returncode(self) -> int | None:
-        return self.popen.poll()
+        """How Codex ended, or None while it runs. Looked at without reaping
+        it: until it is reaped, its pid (its group's id too) cannot be given to
+        another process, so signalling the group after this can never reach a
+        stranger. Whoever ends the invocation reaps it (`popen.wait()`)."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        try:
+            info = os.waitid(os.P_PID, self.popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return self.popen.poll()
+        if info is None:
+            return None
+        if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+            return -info.si_status
+        return info.si_status
 
     def waitables(self) -> list[int]:
         return [self.pidfd] if self.pidfd is not None else []
