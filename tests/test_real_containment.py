@@ -27,7 +27,6 @@ from tests.test_real_codex import (
     REAL_CODEX,
     SKIP_REASON,
     config_for,
-    leftover_processes,
     wait_no_processes,
 )
 
@@ -68,19 +67,29 @@ class Shapes:
         return self.nohup, self.daemon, self.foreground
 
     def running(self) -> bool:
-        return all(leftover_processes(name) for name in self.all)
+        # Each shape's own process, exec'd: the shell whose command line names
+        # all three exists before any of them (and `nohup`/`setsid` before
+        # they exec the sleep).
+        return all(self.find(name) is not None for name in self.all)
 
-    def pid(self, name: str) -> int:
-        """The process that is exactly `name` (not the shell whose command
-        line mentions it)."""
+    def find(self, name: str) -> int | None:
+        """The live process that is exactly `name` (not the shell whose
+        command line mentions it)."""
         wanted = name.replace(" ", "\0").encode() + b"\0"
         for entry in os.listdir("/proc"):
             try:
-                if entry.isdigit() and Path(f"/proc/{entry}/cmdline").read_bytes() == wanted:
+                if entry.isdigit() and Path(f"/proc/{entry}/cmdline").read_bytes() == wanted \
+                        and alive(int(entry)):
                     return int(entry)
             except OSError:
                 continue
-        raise AssertionError(f"no process {name!r}")
+        return None
+
+    def pid(self, name: str) -> int:
+        pid = self.find(name)
+        if pid is None:
+            raise AssertionError(f"no process {name!r}")
+        return pid
 
 
 def start(env: Env, backend: LocalBackend, model: FakeModelServer, *args: str,
@@ -179,6 +188,7 @@ def v1_freezer() -> Path | None:
     return root if (root / "tasks").exists() and os.access(root / "tasks", os.W_OK) else None
 
 
+@pytest.mark.timeout(240)  # bounded waits below sum past the file's 90 s on a loaded machine
 def test_pool_keeps_gpus_until_a_killed_supervisors_processes_are_gone(real: Env, backend: LocalBackend) -> None:
     """One GPU, two runs: the first run's supervisor is SIGKILLed while its
     command's processes live; the second run gets the GPU only after they are
@@ -212,16 +222,16 @@ def test_pool_keeps_gpus_until_a_killed_supervisors_processes_are_gone(real: Env
             os.kill(supervisor, signal.SIGKILL)
             if held is not None:
                 # Its workers have killed all they could; the frozen daemon lives on.
-                wait_until(lambda: not alive(nohup_job) and not alive(foreground), 5, "the rest to die")
+                wait_until(lambda: not alive(nohup_job) and not alive(foreground), 30, "the rest to die")
                 assert alive(daemon)
                 # The pool has reaped the supervisor (it reports the run on its
                 # behalf) and still holds the GPU.
-                wait_until(lambda: backend.run(first[0])["state"] == "error", 20, "the pool to report the run")
+                wait_until(lambda: backend.run(first[0])["state"] == "error", 40, "the pool to report the run")
                 assert alive(daemon)
                 assert not (second_state / "pool-output.log").exists(), \
                     "the GPU went to the next run while a process of the killed one lived"
                 (held / "freezer.state").write_text("THAWED")
-            wait_until(lambda: (second_state / "pool-output.log").exists(), 20, "the second run to get the GPU")
+            wait_until(lambda: (second_state / "pool-output.log").exists(), 40, "the second run to get the GPU")
             assert not any(alive(pid) for pid in (nohup_job, daemon, foreground))
             out, err = pool.communicate(timeout=60)
         finally:

@@ -93,6 +93,23 @@ def test_readings() -> None:
     assert rp.cgroup_name("run-1", 42) == "flywheel-run-1-42"
 
 
+def _stat(state: str, vsize: int, env_end: int) -> str:
+    fields = [state] + ["1"] * 19 + [str(vsize)] + ["1"] * 27 + [str(env_end), "0"]  # fields 3..52
+    return "42 (sle) ep) " + " ".join(fields)
+
+
+@pytest.mark.parametrize("stat,expected", [
+    (_stat("R", 135168, 0), True),  # inside execve: new map, environment not yet copied
+    (_stat("S", 135168, 140737), False),  # exec done (an empty environment is still `env -i`)
+    (_stat("Z", 0, 0), False),  # a zombie has no memory map
+    (_stat("Z", 135168, 0), False),
+    (_stat("S", 0, 0), False),  # a kernel thread
+    ("42 (short) S 1 2 3", False),  # a kernel too old to show env_end
+])
+def test_mid_exec(stat: str, expected: bool) -> None:
+    assert rp.mid_exec(stat) is expected
+
+
 @pytest.mark.parametrize("usage,text", [
     (Usage(2.25, 3 * 1024**2), "CPU 2.2s, peak memory 3.0 MiB"),
     (Usage(125.0, None), "CPU 2m05s, peak memory unavailable"),

@@ -42,6 +42,9 @@ RECORD = "containment.json"
 USAGE = "usage.json"
 _PR_SET_CHILD_SUBREAPER = 36
 _POLL = 0.005
+# execve takes microseconds; a loaded machine can stretch it to a few ms.
+_EXEC_WAIT = 1.0
+_EXEC_POLL = 0.001
 
 
 # -- pure decisions over kernel text ------------------------------------------
@@ -126,6 +129,17 @@ def has_marker(environ: bytes, marker: str) -> bool:
     return f"{MARKER_VAR}={marker}".encode() in environ.split(b"\0")
 
 
+def mid_exec(stat: str) -> bool:
+    """Whether /proc/PID/stat shows a live process inside execve: its new
+    memory map exists (vsize > 0) but its environment is not yet copied in
+    (env_end 0), so its environ reads empty although it is still the process
+    that had the marker. Zombies and kernel threads have no memory map."""
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) < 49 or fields[0] in ("Z", "X"):
+        return False
+    return fields[20] != "0" and fields[48] == "0"  # vsize, env_end
+
+
 def start_ticks(stat: str) -> int | None:
     """Field 22 of /proc/<pid>/stat: when the process started (tells a reused
     pid from the process that made a record)."""
@@ -150,6 +164,14 @@ def _read(path: Path | str) -> str | None:
         return None
 
 
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def process_start(pid: int) -> int | None:
     stat = _read(f"/proc/{pid}/stat")
     return start_ticks(stat) if stat else None
@@ -159,18 +181,35 @@ def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+def _environ(pid: int) -> bytes | None:
+    """The environment of `pid`; None when gone, not ours to read (then not
+    ours to kill either), a zombie or a kernel thread (they hold nothing).
+    A process inside execve reads empty for a moment: read it again once
+    exec is done, else a scan misses a process that is the run's."""
+    deadline: float | None = None
+    while True:
+        environ = _read_bytes(f"/proc/{pid}/environ")
+        if environ != b"":
+            return environ
+        stat = _read(f"/proc/{pid}/stat")
+        if stat is None or not mid_exec(stat):
+            # Exec may have ended between the two reads: one more read settles it.
+            return _read_bytes(f"/proc/{pid}/environ") or None
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + _EXEC_WAIT
+        elif now >= deadline:
+            return None  # stuck inside exec (frozen): unknown, so not signalled
+        time.sleep(_EXEC_POLL)
+
+
 def _marked_pids(marker: str) -> list[int]:
     me = os.getpid()
     found = []
     for pid in _all_pids():
         if pid == me:
             continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue  # gone, or not ours to read (then not ours to kill either)
-        # A zombie's environ reads empty: it holds nothing and is not counted.
+        environ = _environ(pid)
         if environ and has_marker(environ, marker):
             found.append(pid)
     return found
