@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,3 +87,14 @@ def shape_pids(pidfile: Path) -> dict[str, int]:
     except FileNotFoundError:
         return {}
     return {name: int(pid) for name, pid in (line.split() for line in lines if line.strip())}
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 90) -> tuple[int, str]:
+    """Wait (bounded) for a bootstrap started in the background; its exit status and stderr."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"bootstrap did not finish within {timeout} s:\n{err}") from None
+    return proc.returncode, err

@@ -7,7 +7,7 @@ import subprocess
 
 from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
-from tests.faultkit import alive, codex_calls, wait_until
+from tests.faultkit import alive, codex_calls, finish, wait_until
 
 MARKER = "step 137: loss"  # in exactly one line the fake codex prints with lines=N
 
@@ -18,16 +18,6 @@ def start(env: Env, backend: LocalBackend, mode: str, **payload: object) -> tupl
                      extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": mode,
                             "FAKE_CODEX_GATE": str(env.tmp / "never"), "FAKE_CODEX_LOG": str(env.tmp / "calls")})
     return run_id, proc
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 90) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"bootstrap did not finish within {timeout} s:\n{err}") from None
-    return proc.returncode, err
 
 
 def test_a_4xx_for_one_entry_of_a_batch_drops_only_that_entry(env: Env, backend: LocalBackend) -> None:

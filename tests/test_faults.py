@@ -16,6 +16,7 @@ from tests.faultkit import (
     alive,
     assert_all_delivered_once,
     codex_calls,
+    finish,
     kill,
     shape_pids,
     shipper_state,
@@ -42,16 +43,6 @@ def open_gate(env: Env) -> None:
     """Let a `gate` fake codex finish: until then it keeps printing, so the
     fault a test causes always lands mid-run, however fast the machine is."""
     gate_path(env).touch()
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 90) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"bootstrap did not finish within {timeout} s:\n{err}") from None
-    return proc.returncode, err
 
 
 @pytest.mark.parametrize("name", WORKERS)

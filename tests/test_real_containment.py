@@ -23,10 +23,11 @@ from supervisor.local_backend import LocalBackend
 from tests.conftest import ROOT, Env
 from tests.fake_model_server import Exec, FakeModelServer, Say
 from tests.faultkit import alive, wait_until, workers
-from tests.test_real_codex import (
+from tests.test_real_codex import (  # noqa: F401  (`real` is a fixture)
     REAL_CODEX,
     SKIP_REASON,
     config_for,
+    real,
     wait_no_processes,
 )
 
@@ -38,15 +39,6 @@ pytestmark = [
 
 FAKE_NVIDIA_SMI = ROOT / "examples" / "fake_nvidia_smi"
 MARKER_ENGINE = {"FLYWHEEL_CONTAINMENT": "marker"}
-
-
-@pytest.fixture
-def real(env: Env) -> Env:
-    assert REAL_CODEX is not None
-    link = env.bin / "codex"
-    link.unlink()
-    link.symlink_to(REAL_CODEX)
-    return env
 
 
 class Shapes:
