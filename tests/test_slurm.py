@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from supervisor.local_backend import LocalBackend
+from tests.faultkit import wait_until
 from tests.pool_host import codex_starts, wait_codex_starts, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,6 +204,9 @@ class Job:
 STATE_LINE = re.compile(r"\brun (\S+): ([a-z]+)(?: on GPUs ([0-9,]+))?")
 
 
+STATE_ORDER = ["waiting", "starting", "running", "complete"]
+
+
 def state_changes(output: str, run_id: str) -> list[tuple[str, str]]:
     """(state, GPUs) of each state-change line of one run (timestamped or not)."""
     found = [STATE_LINE.search(line) for line in output.splitlines()]
@@ -242,6 +246,12 @@ def test_example_runs_every_run_on_the_gpus_slurm_granted(
     held = [c["env"]["CUDA_VISIBLE_DEVICES"] for c in first]
     assert sorted(held) == sorted(granted), (held, granted, job.read_output())
     assert len(codex_starts(job.log)) == 2, job.read_output()
+    # The pool says "running" once it has seen Codex run: the gate opens only
+    # after it has said so for both held runs (a run that ends between two of
+    # the pool's looks goes from starting to complete, as the third may).
+    held_runs = [c["env"]["FLYWHEEL_RUN_ID"] for c in first]
+    wait_until(lambda: all("running" in [s for s, _ in state_changes(job.read_output(), r)] for r in held_runs),
+               60, "the pool's running line for both held runs")
     job.open_gate()
     fields = cluster.wait_end(job_id)
     output = job.read_output()
@@ -253,10 +263,12 @@ def test_example_runs_every_run_on_the_gpus_slurm_granted(
     for rid, tok in job.runs:
         assert backend.run(rid)["state"] == "complete", output
         assert tok not in output
-        # One line per state change: (waiting, starting,) running on its GPU, complete.
+        # One line per state change, in order: (waiting,) starting, (running,) complete.
         states = [state for state, _ in state_changes(output, rid)]
-        assert states[-2:] == ["running", "complete"], output
-        assert set(states[:-2]) <= {"waiting", "starting"} and len(set(states)) == len(states), output
+        assert set(states) <= set(STATE_ORDER) and states == sorted(set(states), key=STATE_ORDER.index), output
+        assert states[-1] == "complete" and "starting" in states, output
+        if rid in held_runs:
+            assert "running" in states, output
     assert gpu_clashes(output) == [], output
     assert f"GPUs {','.join(sorted(granted))}" in output.splitlines()[0]
     assert "3 runs: 3 complete" in output
