@@ -205,6 +205,7 @@ STATE_LINE = re.compile(r"\brun (\S+): ([a-z]+)(?: on GPUs ([0-9,]+))?")
 
 
 STATE_ORDER = ["waiting", "starting", "running", "complete"]
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
 
 
 def state_changes(output: str, run_id: str) -> list[tuple[str, str]]:
@@ -272,6 +273,10 @@ def test_example_runs_every_run_on_the_gpus_slurm_granted(
     assert gpu_clashes(output) == [], output
     assert f"GPUs {','.join(sorted(granted))}" in output.splitlines()[0]
     assert "3 runs: 3 complete" in output
+    # Readable in the job's output file: every line the pool wrote (all but the
+    # script's own first line) starts with a UTC timestamp.
+    pool_lines = [line for line in output.splitlines()[1:] if line.strip()]
+    assert pool_lines and all(TIMESTAMP.match(line) for line in pool_lines), output
 
 
 def test_job_exit_status_is_the_pools(cluster: Cluster, env: Any, backend: LocalBackend) -> None:
