@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from supervisor.link_status import SHOW_AFTER, Link, next_line, trouble_text
 from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
+from tests.faultkit import wait_until
 from tests.test_doctor import closed_port_url
 from tests.test_faults import gate_path, open_gate
 
@@ -129,12 +129,12 @@ def test_live_view_in_a_real_terminal(env: Env, backend: LocalBackend, tmux) -> 
     def screen() -> str:
         return tmux("capture-pane", "-p").stdout
 
+    def showing(needle: str) -> str:
+        text = screen()
+        return text if needle in text else ""
+
     def wait_screen(needle: str) -> str:
-        while True:  # bounded by pytest-timeout
-            text = screen()
-            if needle in text:
-                return text
-            time.sleep(0.2)
+        return wait_until(lambda: showing(needle), 60, f"{needle!r} on the screen", every=0.2)
 
     try:
         table = wait_screen(f"{run_id}  running")
@@ -145,8 +145,7 @@ def test_live_view_in_a_real_terminal(env: Env, backend: LocalBackend, tmux) -> 
     finally:
         backend.clear_faults()
         open_gate(env)
-    while not done_file.exists():
-        time.sleep(0.2)
+    wait_until(done_file.exists, 60, "the pool's exit status", every=0.2)
     assert done_file.read_text().strip() == "0", screen()
     final = screen()
     assert "1 run: 1 complete" in final
