@@ -106,6 +106,12 @@ class Arbiter:
         for slot in self.slots.values():
             self._spawn(slot)
 
+    def add(self, specs: Iterable[WorkerSpec]) -> None:
+        """Start more workers, supervised like the first ones."""
+        for spec in specs:
+            slot = self.slots[spec.name] = _Slot(spec)
+            self._spawn(slot)
+
     def _spawn(self, slot: _Slot) -> None:
         channels = Channels(
             name=slot.spec.name,

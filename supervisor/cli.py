@@ -38,18 +38,26 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _import_the_run() -> None:
+    """The modules of the rest of a run (the HTTP stack, the supervisor, the
+    heartbeat), imported while `codex login status` runs: Codex's first line
+    waits for both."""
+    import supervisor.run  # noqa: F401
+
+
 def run_single(run_id: str, token: str, config: Path, server: str, timing: Timing, follow: bool = False) -> int:
     from supervisor.preflight import prepare
-    from supervisor.run import supervise
-    from supervisor.signals import Aborted, Interrupts
-    from workers.common.backend_client import Backend
-    from workers.run_processes import sweep_left_processes
 
     settings = RunSettings(
         run_id=run_id, token=token, config_path=config, server=server, timing=timing,
         home=flywheel_home(), mock=bool(os.environ.get("BOOTSTRAP_MOCK_CODEX")),
     )
-    prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"))
+    prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"), meanwhile=_import_the_run)
+    from supervisor.run import supervise
+    from supervisor.signals import Aborted, Interrupts
+    from workers.common.backend_client import Backend
+    from workers.run_processes import sweep_left_processes
+
     sweep_left_processes(prep.state_dir.parent, say)
     def retrying(why: str, attempt: int) -> None:
         if attempt == 2:  # once: the final failure names the last reason again

@@ -10,8 +10,8 @@ from typing import Any
 
 import requests
 
-from workers.common.backend_client import validate_server_url
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, BackendUnavailable
+from workers.common.server_url import validate_server_url
 
 # The words a person types -> the protocol's command names.
 ACTIONS = {"take-over": "take_over", "send": "send_input", "resume-autonomous": "resume_autonomous"}

@@ -277,7 +277,7 @@ def check_state(home: Path) -> Check:
 
 def check_backend(server: str, run_id: str | None, token: str | None) -> list[Check]:
     """Reachable (TLS/DNS/refused named), and the token accepted without claiming the run."""
-    from workers.common.backend_client import validate_server_url
+    from workers.common.server_url import validate_server_url
 
     try:
         base = validate_server_url(server)

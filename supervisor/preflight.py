@@ -17,7 +17,7 @@ from supervisor.codex_home import prepare_codex_home
 from supervisor.config import DEFAULT_SANDBOX_MODE, NO_SANDBOX_MODE, CodexConfig, load_config, sandbox_args
 from supervisor.git_persist import max_commit_file_bytes
 from supervisor.pool import gpus as gpu_discovery
-from supervisor.provision import CodexCommand, find_codex, login_ok, terminal_progress
+from supervisor.provision import CodexCommand, LoginCheck, find_codex, terminal_progress
 from supervisor.settings import RunSettings
 from supervisor.workspace import (
     check_manifest_in_roots,
@@ -27,8 +27,8 @@ from supervisor.workspace import (
     validate_run_id,
 )
 from workers.artifacts import blob_threshold_from_env
-from workers.common.backend_client import validate_server_url
 from workers.common.errors import ConfigError
+from workers.common.server_url import validate_server_url
 
 LOGIN_HELP = (
     "Codex is not logged in. Run `codex login` on this machine (or "
@@ -96,7 +96,10 @@ def gpu_sandbox_warning(gpus: Sequence[str], mode: str | None) -> str | None:
             "(see the README's Configuration section)")
 
 
-def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str], None]) -> Prepared:
+def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str], None],
+            meanwhile: Callable[[], object] = lambda: None) -> Prepared:
+    """Every local check, in order; `meanwhile` is the caller's own start-up
+    work (its imports), done while `codex login status` runs."""
     validate_run_id(settings.run_id)
     server = validate_server_url(settings.server)
     check_token(settings.token)
@@ -116,20 +119,24 @@ def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str],
     finally:
         if progress is not None:
             progress.finish()
-    ok, detail = login_ok(codex, codex_home, env)
+    # The slow steps of a start side by side: Codex answers in a process of
+    # its own while nvidia-smi and `meanwhile` run here.
+    with LoginCheck(codex, codex_home, env) as login:
+        if problem := sandbox_problem(codex, cfg.sandbox_mode, env):
+            notes.append(problem)
+        if codex.source != "mock" and cfg.sandbox_mode != NO_SANDBOX_MODE:
+            if warning := gpu_sandbox_warning(gpu_discovery.discover(env), cfg.sandbox_mode):
+                notes.append(warning)
+        meanwhile()
+        ok, detail = login.result()
     if not ok:
         if cfg.model_provider and cfg.model_provider != "openai":
-            notes.append(
+            notes.insert(len(cfg.warnings), (
                 f"`codex login status` failed, going on because model_provider is {cfg.model_provider!r} "
                 "(a local or self-hosted model needs no login)"
-            )
+            ))
         else:
             raise ConfigError(f"{LOGIN_HELP}\n(codex said: {detail.splitlines()[-1] if detail else 'nothing'})")
-    if problem := sandbox_problem(codex, cfg.sandbox_mode, env):
-        notes.append(problem)
-    if codex.source != "mock" and cfg.sandbox_mode != NO_SANDBOX_MODE:
-        if warning := gpu_sandbox_warning(gpu_discovery.discover(env), cfg.sandbox_mode):
-            notes.append(warning)
     for note in notes:
         warn(note)
     return Prepared(

@@ -31,14 +31,14 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
-
-import requests
-import urllib3.exceptions
+from typing import IO, TYPE_CHECKING, Literal
 
 from workers.common.backoff import backoff_delay
 from workers.common.errors import ConfigError, ProvisionError
 from workers.common.redact import mask_url_userinfo
+
+if TYPE_CHECKING:
+    import requests
 
 CODEX_VERSION = "0.169.0"
 
@@ -164,6 +164,8 @@ def _failure(url: str, why: str) -> ProvisionError:
 
 def _describe(exc: requests.RequestException) -> str:
     """A short reason: requests' own text nests three exception reprs deep."""
+    import requests
+
     kind = "timed out" if isinstance(exc, requests.Timeout) else "cannot connect"
     if not isinstance(exc, (requests.Timeout, requests.ConnectionError)):
         kind = type(exc).__name__
@@ -182,6 +184,11 @@ def _stream_to(
 
     Raises _Retryable for what another try may fix, ProvisionError for what it won't.
     """
+    # Imported here: a start that finds Codex on PATH never downloads, and
+    # requests is a good part of a start's import time (benchmarks/README.md).
+    import requests
+    import urllib3.exceptions
+
     try:
         resp = requests.get(url, stream=True, timeout=timeout)
     except requests.RequestException as exc:
@@ -425,26 +432,62 @@ def find_codex(
     return CodexCommand((str(path),), "download" if downloaded else "cache")
 
 
+LOGIN_TIMEOUT = 30.0
+
+
+class LoginCheck:
+    """`codex login status` with this CODEX_HOME, started at once and judged
+    by `result()`, so a start does its other work while Codex answers. As a
+    context manager it never leaves the process behind (killed and reaped)."""
+
+    def __init__(self, codex: CodexCommand, codex_home: Path, env: Mapping[str, str]) -> None:
+        self._program = codex.argv_prefix[0]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._error = ""
+        self._deadline = time.monotonic() + LOGIN_TIMEOUT
+        if codex.source == "mock":
+            return
+        try:
+            self._proc = subprocess.Popen(
+                [*codex.argv_prefix, "login", "status"],
+                env={**env, "CODEX_HOME": str(codex_home)},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            self._error = f"cannot run {self._program}: {exc.strerror or exc}"
+
+    def result(self) -> tuple[bool, str]:
+        """Whether it succeeded, and its stderr tail (waits for it, bounded)."""
+        if self._proc is None:
+            return not self._error, self._error
+        try:
+            _, err = self._proc.communicate(timeout=max(0.0, self._deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.close()
+            return False, f"`codex login status` did not answer within {LOGIN_TIMEOUT:g} s"
+        tail = err.decode("utf-8", "replace").strip()[-2000:]
+        if self._proc.returncode != 0 and not tail:
+            tail = f"`codex login status` exited with code {self._proc.returncode}"
+        return self._proc.returncode == 0, tail
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.communicate()
+
+    def __enter__(self) -> LoginCheck:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def login_ok(codex: CodexCommand, codex_home: Path, env: Mapping[str, str]) -> tuple[bool, str]:
     """Whether `codex login status` succeeds with this CODEX_HOME, and its stderr tail."""
-    if codex.source == "mock":
-        return True, ""
-    try:
-        proc = subprocess.run(
-            [*codex.argv_prefix, "login", "status"],
-            env={**env, "CODEX_HOME": str(codex_home)},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=30,
-        )
-    except subprocess.TimeoutExpired:
-        return False, "`codex login status` did not answer within 30 s"
-    except OSError as exc:
-        return False, f"cannot run {codex.argv_prefix[0]}: {exc.strerror or exc}"
-    tail = proc.stderr.decode("utf-8", "replace").strip()[-2000:]
-    if proc.returncode != 0 and not tail:
-        tail = f"`codex login status` exited with code {proc.returncode}"
-    return proc.returncode == 0, tail
+    with LoginCheck(codex, codex_home, env) as check:
+        return check.result()
 
 
 # ------------------------------------------------------------------------ progress

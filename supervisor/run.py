@@ -41,7 +41,7 @@ from supervisor.prompt import build_fix_prompt, build_prompt
 from supervisor.report import FlushDeadline, Report, report_for
 from supervisor.run_control import RunControl
 from supervisor.signals import Aborted, Interrupts
-from workers import artifact_watcher, control_poller, heartbeat, log_shipper
+from workers import heartbeat
 from workers.artifacts import ManifestRead, artifact_files, read_manifest
 from workers.common.backend_client import Answer, Backend
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_UNREPORTED
@@ -131,20 +131,30 @@ class RunSupervisor:
         assert self._arbiter is not None, "the workers are started by _start"
         return self._arbiter
 
-    def _specs(self) -> list[WorkerSpec]:
-        p, s = self.prep, self.prep.settings
-        link = (p.server, s.run_id, s.token)
+    def _link(self) -> tuple[str, str, str]:
+        s = self.prep.settings
+        return self.prep.server, s.run_id, s.token
+
+    def _start_workers(self) -> None:
+        """The log-shipper, the artifact-watcher and the control worker, once:
+        started (and imported) right after Codex, whose first line waits for
+        nothing of theirs (its output is spooled to a file, and bootstrap's
+        own entries carry where they go among Codex's lines). Only the
+        heartbeat starts before Codex (`_start`)."""
+        if SHIPPER in self.arbiter.slots:
+            return
+        from workers import artifact_watcher, control_poller, log_shipper
+
+        p, link = self.prep, self._link()
         batch = self.payload.get("log_batch") is True
-        return [
-            WorkerSpec(HEARTBEAT, heartbeat.main, (heartbeat.HeartbeatConfig(
-                self.state, *link, timing=self.timing),)),
+        self.arbiter.add([
             WorkerSpec(SHIPPER, log_shipper.main, (log_shipper.ShipperConfig(
                 self.state, *link, secrets=self.secrets, log_batch=batch, timing=self.timing),)),
             WorkerSpec(WATCHER, artifact_watcher.main, (artifact_watcher.WatcherConfig(
                 self.state, p.workspace, *link, secrets=self.secrets, blob_threshold=p.blob_threshold,
                 timing=self.timing),)),
             WorkerSpec(CONTROL, control_poller.main, (control_poller.ControlConfig(*link, timing=self.timing),)),
-        ]
+        ])
 
     def _poll(self, timeout: float, *extra: Any) -> None:
         """Supervise the workers for up to `timeout`, waking early for a signal
@@ -244,6 +254,7 @@ class RunSupervisor:
         assert self.procs is not None
         proc = CodexProcess(argv, procs=self.procs, cwd=self.prep.workspace, env=self.env, stdin=stdin,
                             stdout=out, stderr=self.state / CODEX_ERR)
+        self._start_workers()
         if not self.procs.holds(proc.popen.pid):
             self._notify(f"codex could not be placed in {self.procs.cgroup}; only its environment marker "
                          "identifies the processes it starts")
@@ -397,7 +408,9 @@ class RunSupervisor:
         self.control = RunControl(
             self.state, self._send_ack,
             lambda level, line: self.log.write(level, line, "codex_event" if level == "info" else "warning"))
-        self._arbiter = Arbiter(self.mp, self._specs(), self.timing, self.state, self.procs, self._notify)
+        heartbeats = WorkerSpec(HEARTBEAT, heartbeat.main, (heartbeat.HeartbeatConfig(
+            self.state, *self._link(), timing=self.timing),))
+        self._arbiter = Arbiter(self.mp, [heartbeats], self.timing, self.state, self.procs, self._notify)
         self._arbiter.start()
         fault_point("start")
 
@@ -621,6 +634,7 @@ class RunSupervisor:
     def _finish(self, decision: Decision) -> int:
         """Deliver every entry, then the terminal report, then stop heartbeats."""
         fault_point("finish")
+        self._start_workers()  # when the run ends before Codex: the log still goes out
         self._stop_control()
         self._close_processes()
         if self.fatal is not None:

@@ -8,8 +8,9 @@ import re
 import pytest
 
 from supervisor.local_backend import LocalBackend
-from workers.common.backend_client import Backend, validate_server_url
+from workers.common.backend_client import Backend
 from workers.common.errors import BackendUnavailable, ConfigError
+from workers.common.server_url import validate_server_url
 from workers.common.timing import Timing
 
 FAST = Timing(backoff_base=0.01, backoff_cap=0.05, fetch_tries=3, connect_timeout=2, read_timeout=5)

@@ -11,35 +11,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import requests
 
 from workers.common.backoff import backoff_delay
-from workers.common.errors import BackendUnavailable, ConfigError
+from workers.common.errors import BackendUnavailable
 from workers.common.lean_http import LeanPoster, OneWriteAdapter, TransportError
 from workers.common.net_trouble import describe
 from workers.common.timing import Timing
 
 RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
-
-
-def validate_server_url(url: str) -> str:
-    """The base URL without a trailing slash, or a ConfigError naming it."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"--server {url!r} is not a valid backend URL: expected http://HOST[:PORT] "
-            "or https://HOST[:PORT], e.g. http://localhost:8000"
-        )
-    try:
-        _ = parts.port  # raises ValueError for a bad port
-    except ValueError:
-        raise ConfigError(f"--server {url!r} has an invalid port number") from None
-    if parts.query or parts.fragment:
-        raise ConfigError(f"--server {url!r} must not have a query string or fragment")
-    return url.strip().rstrip("/")
 
 
 @dataclass(frozen=True)
