@@ -17,7 +17,7 @@ import requests
 
 from workers.common.backoff import backoff_delay
 from workers.common.errors import BackendUnavailable
-from workers.common.lean_http import LeanPoster, OneWriteAdapter, TransportError
+from workers.common.lean_http import LeanPoster, TransportError
 from workers.common.net_trouble import describe
 from workers.common.timing import Timing
 
@@ -52,8 +52,6 @@ class Backend:
         self.timing = timing
         self._timeout = (timing.connect_timeout, timing.read_timeout)
         self._session = requests.Session()
-        for scheme in ("http://", "https://"):
-            self._session.mount(scheme, OneWriteAdapter())
         self._session.headers.update(
             {"X-Run-Token": token, "Content-Type": "application/json", "Accept": "application/json"}
         )
@@ -65,6 +63,7 @@ class Backend:
         self.last_answer: Answer | None = None
 
     def close(self) -> None:
+        self._poster.close()
         self._session.close()
 
     def __enter__(self) -> Backend:
@@ -99,6 +98,7 @@ class Backend:
     def reset(self) -> None:
         """Drop every connection: after a request was abandoned mid-way, the
         state of its connection is unknown."""
+        self._poster.close()
         self._session.get_adapter(self.base).close()
 
     def post(

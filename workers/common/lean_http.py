@@ -1,28 +1,48 @@
-"""POSTs over requests' own urllib3 connection pool, without requests' per-call
-layer, and with a small body in the same write as its headers.
+"""POSTs over a connection of requests' own urllib3 pool, without the per-call
+layers of requests and of urllib3.
 
-One log entry per request makes the client's cost per call the limit: on
-loopback, requests' `Session`/`HTTPAdapter` layer (per-call pool lookup, header
-merging, cookie extraction, building a `Response`) costs more than the HTTP
-exchange itself, and urllib3 writes the headers and the body in two `send()`
-calls, so the server wakes up and reads twice. Here the pool is looked up once,
-through the adapter (so TLS verification is exactly requests'), and each call is
-one `urlopen` that never retries and never follows a redirect (a redirect could
-carry the run token to another host). benchmarks/README.md has the numbers.
+One log entry per request makes the client's cost per call the limit (strict
+order: each entry waits for the answer to the one before). On loopback,
+requests' `Session`/`HTTPAdapter` layer, then urllib3's `urlopen` with its
+`HTTPResponse` wrapper, each cost more than `http.client` itself
+(benchmarks/README.md has the numbers). So a post here:
+
+- takes a connection from the pool that requests' adapter owns, looked up once
+  (`adapter.get_connection_with_tls_context`), so TLS is exactly requests': the
+  pool's connection class does the handshake and the verification;
+- sends a header block made once per path by `http.client`'s own
+  `putrequest`/`putheader` (so validated as they validate), with the body in
+  the same write when it is up to 64 KiB; a bigger body is streamed and
+  stall-timed (workers.common.stall_timeout);
+- reads the answer with the connection's `response_class` (`http.client`'s
+  parser), fully, before the connection goes back to the pool; a connection
+  that failed mid-way, or that the server closes, is closed, never returned.
+
+Like `urlopen` with `Retry(False)`: no retry and no redirect here (the caller
+retries; a redirect could carry the run token to another host), a kept-alive
+connection the server closed while idle is replaced by a fresh one before
+sending (`_get_conn`), a server that closes while we send is still read from,
+and failures are raised as urllib3's errors: `SSLError` around a TLS error,
+`ProtocolError("Connection aborted.", cause)` around a socket or protocol
+error, urllib3's own (refused, DNS, connect timeout) as they are.
 """
 
 from __future__ import annotations
 
+import errno
+import http.client
+import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Retry, Timeout
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import HTTPError
+from urllib3 import HTTPConnectionPool
+from urllib3.connection import HTTPConnection
+from urllib3.exceptions import HTTPError, ProtocolError, SSLError
+from urllib3.util.ssl_match_hostname import CertificateError
 
-from workers.common.stall_timeout import StallTimeout, StreamedBody
+from workers.common.stall_timeout import StreamedBody, wait_delivered
 
 # What a transport failure raises from `LeanPoster.post`: urllib3's errors, and
 # the OSError a socket can raise between them.
@@ -33,61 +53,70 @@ TransportError = (HTTPError, OSError)
 # workers.common.stall_timeout).
 ONE_WRITE_MAX = 64 * 1024
 
+# The last header of every head: its value is the body's length.
+_LENGTH_HEADER = b"Content-Length: 0\r\n\r\n"
 
-class _OneWrite:
-    """`request()` for a connection that sends a small bytes body in the same
-    write as its header block (http.client, under urllib3, sends them apart)."""
 
-    _body_with_headers: bytes | None = None
+class _HeadRecorder(http.client.HTTPConnection):
+    """Keeps what `http.client` would send as a request's header block."""
 
-    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any) -> None:
-        if type(body) is bytes and len(body) <= ONE_WRITE_MAX and headers and "Content-Length" in headers:
-            # Sent by send() below, with the header block; urllib3 sends no
-            # body of its own, and takes the framing from Content-Length.
-            self._body_with_headers = body
-            try:
-                super().request(method, url, body=None, headers=headers, **kwargs)  # type: ignore[misc]
-            finally:
-                self._body_with_headers = None
-        else:
-            super().request(method, url, body=body, headers=headers, **kwargs)  # type: ignore[misc]
+    sent = b""
 
     def send(self, data: Any) -> None:
-        body = self._body_with_headers
-        if body is not None:
-            # The first send() of a request is its header block.
-            self._body_with_headers = None
-            data = bytes(data) + body
-        super().send(data)  # type: ignore[misc]
+        self.sent += bytes(data)
 
 
-class OneWriteConnection(_OneWrite, StallTimeout, HTTPConnection):
-    pass
+def request_head(conn: HTTPConnection, url: str, headers: dict[str, str]) -> bytes:
+    """The header block of a POST to `url` on `conn`'s host, as
+    `http.client` writes it (Host, Accept-Encoding: identity, `headers`),
+    up to the value of its last header, Content-Length."""
+    recorder = _HeadRecorder(conn.host, conn.port)
+    recorder.default_port = conn.default_port  # Host names the port unless it is the scheme's
+    recorder.putrequest("POST", url)
+    for name, value in headers.items():
+        recorder.putheader(name, value)
+    recorder.putheader("Content-Length", "0")
+    recorder.endheaders()
+    assert recorder.sent.endswith(_LENGTH_HEADER)
+    return recorder.sent[:-len(b"0\r\n\r\n")]
 
 
-class OneWriteTLSConnection(_OneWrite, StallTimeout, HTTPSConnection):
-    pass
-
-
-class _Pool(HTTPConnectionPool):
-    ConnectionCls = OneWriteConnection
-
-
-class _TLSPool(HTTPSConnectionPool):
-    ConnectionCls = OneWriteTLSConnection
-
-
-class OneWriteAdapter(HTTPAdapter):
-    """requests' adapter whose connections write a small request in one go."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+def _exchange(conn: HTTPConnection, head: bytes, data: bytes, progress: Callable[[], None] | None,
+              connect_timeout: float, read_timeout: float) -> tuple[int, bytes, bool]:
+    """One request and its whole answer on `conn`: (status, body, whether the
+    connection may be used again)."""
+    sock = conn.sock
+    assert sock is not None
+    # Sending is bounded by the connect timeout, as urllib3 does it; a
+    # streamed body by stalls only (wait_delivered).
+    sock.settimeout(connect_timeout)
+    head += b"%d\r\n\r\n" % len(data)
+    try:
+        if len(data) <= ONE_WRITE_MAX:
+            conn.send(head + data)
+        else:
+            conn.send(head)
+            conn.send(StreamedBody(data, progress))
+            wait_delivered(sock, connect_timeout, progress or (lambda: None))
+    except OSError as exc:
+        # The server may close after answering without reading everything
+        # (a 413): its answer is still read, as urlopen reads it.
+        if not (isinstance(exc, BrokenPipeError) or exc.errno == errno.ECONNRESET):
+            raise
+    sock.settimeout(read_timeout)
+    response = conn.response_class(sock, method="POST")
+    try:
+        response.begin()
+        body = response.read()  # to its length (or the close): nothing is left unread
+    finally:
+        response.close()
+    return response.status, body, not response.will_close
 
 
 class LeanPoster:
     """POSTs to one origin through `session`'s adapter pool. The session's
-    headers are taken once, when this is made."""
+    headers are taken once, when this is made. Used by one thread at a time
+    (each process makes its own Backend)."""
 
     def __init__(self, session: requests.Session, base: str, connect_timeout: float, read_timeout: float) -> None:
         self._session = session
@@ -96,23 +125,30 @@ class LeanPoster:
         prepared.prepare_url(base, None)
         self._prefix = prepared.path_url  # quoted as requests would
         headers = dict(session.headers)
-        # urllib3 asks for an uncompressed answer itself; answers here are small.
+        # http.client asks for an uncompressed answer itself; answers here are small.
         headers.pop("Accept-Encoding", None)
         headers.pop("Connection", None)  # HTTP/1.1 keeps connections alive anyway
         self._headers = headers
-        self._timeout = Timeout(connect=connect_timeout, read=read_timeout)
-        # Made once (urlopen would make one per call): no retry here (the
-        # caller decides), errors raised as they are, no redirect followed.
-        self._retries = Retry(False, redirect=False)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._pool: HTTPConnectionPool | None = None
+        self._heads: dict[str, bytes] = {}  # per path, for this pool's host
+
+    def close(self) -> None:
+        """Close the pool's connections; the next post looks the pool up
+        again. (Closing requests' adapter only forgets its pools: urllib3 2
+        closes one when the last reference to it goes, and this holds one.)"""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def _current_pool(self) -> HTTPConnectionPool:
         pool = self._pool
-        # A pool is closed when the adapter was (Session.close, or a reset
-        # after an abandoned request): look it up again.
+        # Closed by someone else (urllib3 1 closes an adapter's pools when
+        # the adapter is): look it up again.
         if pool is None or pool.pool is None:
             adapter = self._session.get_adapter(self._base)
-            assert isinstance(adapter, HTTPAdapter)  # mounted by the Backend
+            assert isinstance(adapter, HTTPAdapter)  # requests' own
             verify, cert = self._session.verify, self._session.cert
             if hasattr(adapter, "get_connection_with_tls_context"):  # requests >= 2.32.2
                 request = requests.PreparedRequest()
@@ -126,19 +162,30 @@ class LeanPoster:
 
     def post(self, path: str, data: bytes, progress: Callable[[], None] | None = None) -> tuple[int, bytes]:
         """(status, body) of one POST to base + path; raises TransportError."""
-        # One dict for every call: urllib3 only reads it, and a poster is used
-        # by one thread at a time (each process makes its own Backend).
-        headers = self._headers
-        headers["Content-Length"] = str(len(data))
-        r = self._current_pool().urlopen(
-            "POST",
-            self._prefix + path,
-            body=data if len(data) <= ONE_WRITE_MAX else StreamedBody(data, progress),
-            headers=headers,
-            retries=self._retries,
-            redirect=False,
-            assert_same_host=False,
-            timeout=self._timeout,
-            preload_content=True,
-        )
-        return r.status, r.data
+        pool = self._current_pool()
+        # A kept-alive connection the server has closed meanwhile comes back
+        # closed (urllib3 looks), and is connected again below.
+        conn = cast(HTTPConnection, pool._get_conn())  # requests' pools make urllib3's own
+        reusable = False
+        try:
+            if conn.sock is None:
+                conn.timeout = self._connect_timeout
+                pool._validate_conn(conn)  # HTTPS: connects (handshake, verification) now
+                if conn.sock is None:
+                    conn.connect()
+            head = self._heads.get(path)
+            if head is None:
+                head = self._heads[path] = request_head(conn, self._prefix + path, self._headers)
+            status, body, reusable = _exchange(conn, head, data, progress,
+                                               self._connect_timeout, self._read_timeout)
+            return status, body
+        except (ssl.SSLError, CertificateError) as exc:
+            raise SSLError(exc) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise ProtocolError("Connection aborted.", exc) from exc
+        finally:
+            if not reusable:
+                # Closed by the server, or left mid-way (an error, a signal):
+                # its state is unknown, so it is never used again.
+                conn.close()
+            pool._put_conn(conn if reusable else None)

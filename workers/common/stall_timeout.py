@@ -21,7 +21,6 @@ import struct
 import termios
 import time
 from collections.abc import Callable
-from typing import Any
 
 _POLL = 0.05
 
@@ -65,17 +64,3 @@ def wait_delivered(sock: socket.socket, stall: float, progress: Callable[[], Non
         elif time.monotonic() - moved_at > stall:
             raise TimeoutError(f"upload stalled: {now_left} bytes unacknowledged for {stall:g} s")
         left = now_left
-
-
-class StallTimeout:
-    """A urllib3 connection mixin: after a streamed body (a file-like object,
-    sent in blocks), wait until the peer acknowledged it while it keeps
-    moving (see the module's docstring)."""
-
-    def request(self, method: str, url: str, body: Any = None, **kwargs: Any) -> None:
-        super().request(method, url, body=body, **kwargs)  # type: ignore[misc]
-        sock = getattr(self, "sock", None)
-        if hasattr(body, "read") and sock is not None:
-            timeout = getattr(self, "timeout", None)
-            wait_delivered(sock, timeout if isinstance(timeout, (int, float)) else 10.0,
-                           getattr(body, "progress", lambda: None))
