@@ -12,12 +12,19 @@ import orjson
 from workers.common.spool import LineTail
 from workers.log_entries import thread_id_of
 
+# Read in steps this size: finding the thread id (the first event) reads one
+# step, not megabytes of output.
+READ_STEP = 64 * 1024
+
 
 def codex_events(path: Path, start: int) -> Iterator[dict[str, Any]]:
     """The JSON events Codex printed since `start`, in order."""
     tail = LineTail(path, start)
     try:
-        while lines := tail.read(max_bytes=4 * 1024 * 1024):
+        while True:
+            lines = tail.read(max_bytes=READ_STEP)
+            if not lines and not tail.last_read:
+                return  # the end of the file (no lines, but bytes read: inside a long line)
             for line in lines:
                 try:
                     event = orjson.loads(line.data)

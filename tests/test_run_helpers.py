@@ -23,6 +23,16 @@ def test_find_thread_id_from_the_offset_of_this_launch(tmp_path: Path) -> None:
     assert find_thread_id(tmp_path / "missing", 0) is None
 
 
+def test_events_after_a_line_longer_than_a_read_step_are_found(tmp_path: Path) -> None:
+    from supervisor.codex_output import READ_STEP, last_failure
+
+    out = tmp_path / "codex.out"
+    write_lines(out, b"x" * (3 * READ_STEP), {"type": "thread.started", "thread_id": "t"},
+                {"type": "turn.failed", "error": {"message": "after the long line"}})
+    assert find_thread_id(out, 0) == "t"
+    assert last_failure(out, 0) == "after the long line"
+
+
 def test_last_agent_message_is_the_last_one_cleaned_and_cut(tmp_path: Path) -> None:
     out = tmp_path / "codex.out"
     msg = {"type": "item.completed", "item": {"type": "agent_message", "text": "first"}}
