@@ -71,6 +71,7 @@ record(
     path0=os.environ.get("PATH", "").split(os.pathsep)[0],
     argv=sys.argv,
     sid=os.getsid(0) == os.getpid(),
+    ppid=os.getppid(),
 )
 if action == "ok":
     deadline = time.monotonic() + 5

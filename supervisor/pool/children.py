@@ -1,4 +1,5 @@
-"""One run's supervisor as a child process of the pool: starting it (own session,
+"""One run's supervisor as a child process of the pool (forked by its launcher,
+or exec'd where there is none): starting it (own session,
 output to its log, PR_SET_PDEATHSIG), seeing that it exited, ending what its run
 left running, and reading what it left behind (entries shipped, its last line
 of output).
@@ -18,10 +19,14 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from workers.common.redact import Redactor
 from workers.common.spool import ShipperState
-from workers.run_processes import RunProcesses
+from workers.run_processes import RunProcesses, signal_group
+
+if TYPE_CHECKING:
+    from supervisor.pool.launched import Launcher
 
 OUTPUT_LOG = "pool-output.log"
 _PR_SET_PDEATHSIG = 1
@@ -31,8 +36,8 @@ class CannotStart(Exception):
     """A run's supervisor could not be started; the message says why."""
 
 
-def parent_death_hook() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child get SIGTERM when the pool dies, or None
+def parent_death_hook(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get `sig` when this process dies, or None
     where prctl does not exist. libc is looked up here, before the fork."""
     if not sys.platform.startswith("linux"):
         return None
@@ -41,13 +46,13 @@ def parent_death_hook() -> Callable[[], None] | None:
     except (OSError, AttributeError):
         return None
     parent = os.getpid()
-    sigterm = int(signal.SIGTERM)
+    signum = int(sig)
 
     def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigterm)
-        # The pool may have died between fork and prctl: then nobody would signal us.
+        prctl(_PR_SET_PDEATHSIG, signum)
+        # The parent may have died between fork and prctl: then nobody would signal us.
         if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
     return hook
 
@@ -61,21 +66,83 @@ def open_output_log(state_dir: Path) -> int:
     return fd
 
 
+class Child(Protocol):
+    """One run's supervisor as the pool sees it, whether exec'd (PopenChild) or
+    forked by the launcher (launched.LaunchedChild)."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once reaped, else None."""
+
+    def exited(self) -> bool:
+        """True once it has exited (it is not reaped yet)."""
+
+    def reap(self) -> int:
+        """SIGKILL what it left in its process group, reap it; its exit status
+        (negative: killed by that signal)."""
+
+    def signal(self, sig: int) -> None:
+        """`sig` to the supervisor only."""
+
+    def kill_group(self) -> None:
+        """SIGKILL to its process group (while it is not reaped)."""
+
+
+class PopenChild:
+    """A supervisor exec'd by the pool itself."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def exited(self) -> bool:
+        return self._proc.returncode is not None or exited_unreaped(self.pid)
+
+    def reap(self) -> int:
+        # While its zombie pins the group id, nothing else can have taken it.
+        signal_group(self.pid, signal.SIGKILL)
+        return self._proc.wait()
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill_group(self) -> None:
+        signal_group(self.pid, signal.SIGKILL)
+
+
 def spawn(
     argv: Sequence[str],
     env: Mapping[str, str],
     state_dir: Path,
     preexec: Callable[[], None] | None,
-) -> subprocess.Popen[bytes]:
-    """Start one run's supervisor, its output appended to its log in `state_dir`.
-    CannotStart says why it could not be."""
+    launcher: Launcher | None = None,
+) -> Child:
+    """Start one run's supervisor, its output appended to its log in `state_dir`:
+    forked by `launcher` where there is one, else exec'd. CannotStart says why it
+    could not be."""
     try:
         log_fd = open_output_log(state_dir)
     except OSError as exc:
         raise CannotStart(f"could not create {state_dir}: {exc.strerror}") from None
     try:
+        if launcher is not None:
+            from supervisor.pool.launched import LauncherGone
+
+            try:
+                return launcher.spawn(argv, env, log_fd)
+            except LauncherGone:
+                pass
         # Its own session: a Ctrl-C on the terminal reaches only the pool.
-        return subprocess.Popen(
+        return PopenChild(subprocess.Popen(
             list(argv),
             env=env,
             stdin=subprocess.DEVNULL,
@@ -84,7 +151,7 @@ def spawn(
             start_new_session=True,
             preexec_fn=preexec,
             close_fds=True,
-        )
+        ))
     except OSError as exc:
         raise CannotStart(f"could not start its supervisor: {exc.strerror or exc}") from None
     finally:

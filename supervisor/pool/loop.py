@@ -9,10 +9,8 @@ What to do is decided in `decisions`; what is done to a child process is in
 
 from __future__ import annotations
 
-import os
 import selectors
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,8 +27,8 @@ from supervisor.pool import status_view as sv
 from supervisor.pool.children import (
     OUTPUT_LOG,
     CannotStart,
+    Child,
     end_run_processes,
-    exited_unreaped,
     last_output_line,
     parent_death_hook,
     read_delivered,
@@ -47,6 +45,7 @@ from supervisor.pool.decisions import (
     pool_exit_status,
 )
 from supervisor.pool.gpus import GpuAllocator
+from supervisor.pool.launched import Launcher
 from supervisor.pool.report import post_error, post_note
 from supervisor.pool.runs_file import RunSpec
 from supervisor.signals import signal_name
@@ -54,7 +53,7 @@ from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR
 from workers.common.spool import ShipperState
 from workers.common.timing import Timing
 from workers.common.wake import WakePipe
-from workers.run_processes import Usage, kept_usage, live_usage, signal_group
+from workers.run_processes import Usage, kept_usage, live_usage
 
 View = sv.LiveView | sv.PlainView
 # How long the pool keeps trying to end a run's processes that SIGKILL does not
@@ -78,6 +77,9 @@ class PoolSettings:
     tick: float
     # Gets the summary as one JSON object instead of the table (`--json`).
     summary_out: Callable[[str], None] | None = None
+    # Fork the supervisors from a launcher that imported them once (launcher.py);
+    # False: exec each (FLYWHEEL_POOL_START=exec).
+    fork_runs: bool = True
 
 
 @dataclass
@@ -88,7 +90,7 @@ class RunSlot:
     state_dir: Path
     state: str = states.WAITING
     why_waiting: str = ""
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Child | None = None
     gpus: tuple[str, ...] | None = None
     started: float | None = None
     ended: float | None = None
@@ -187,6 +189,13 @@ class Wakeup:
     def wake(self) -> None:
         self._pipe.poke()
 
+    def watch(self, fd: int) -> None:
+        """Wake also when `fd` is readable (the launcher's socket)."""
+        self._selector.register(fd, selectors.EVENT_READ)
+
+    def unwatch(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
     def wait(self, timeout: float) -> None:
         """Sleep until woken or `timeout` seconds have passed."""
         if self._selector.select(timeout=timeout):
@@ -227,6 +236,9 @@ class Pool:
         self._echo = echo
         self._allocator = GpuAllocator(settings.plan.host)
         self._preexec = parent_death_hook()
+        self._launcher: Launcher | None = None
+        self._launcher_fd = -1
+        self._launcher_tried = not settings.fork_runs
         self._wakeup = Wakeup()
         self._posts = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pool-report")
         self._abandon_posts = threading.Event()
@@ -303,11 +315,28 @@ class Pool:
 
     def _reap_exited(self) -> None:
         for run in self.runs:
-            if run.proc is not None and run.proc.returncode is None and run.state in (
-                states.RUNNING, states.STOPPING
-            ):
-                if exited_unreaped(run.proc.pid):
+            if run.proc is not None and run.state in (states.RUNNING, states.STOPPING):
+                if run.proc.exited():
                     self.reap(run)
+        self._forget_lost_launcher()
+
+    def _launcher_for_start(self) -> Launcher | None:
+        """The launcher, started at the first run's start; None: exec."""
+        if not self._launcher_tried:
+            self._launcher_tried = True
+            self._launcher = Launcher.start(self.settings.base_env)
+            if self._launcher is not None:
+                self._launcher_fd = self._launcher.fileno()
+                self._wakeup.watch(self._launcher_fd)
+        self._forget_lost_launcher()
+        return self._launcher
+
+    def _forget_lost_launcher(self) -> None:
+        if self._launcher is not None and self._launcher.gone:
+            self._wakeup.unwatch(self._launcher_fd)
+            self._launcher = None
+            self._view.message("the pool's launcher of supervisors died (its runs got SIGTERM); "
+                               "later runs are started by exec")
 
     def _end_lingering(self) -> None:
         now = time.monotonic()
@@ -374,6 +403,7 @@ class Pool:
                 child_env(settings.base_env, run.spec, gpus, pci_order=settings.plan.from_nvidia_smi),
                 run.state_dir,
                 self._preexec,
+                self._launcher_for_start(),
             )
         except CannotStart as exc:
             self._fail_to_start(run, str(exc))
@@ -393,11 +423,8 @@ class Pool:
 
     def reap(self, run: RunSlot) -> None:
         assert run.proc is not None
-        pid = run.proc.pid
-        # Whatever the supervisor left in its process group goes with it, while
-        # its zombie still pins the group id.
-        signal_group(pid, signal.SIGKILL)
-        returncode = run.proc.wait()
+        # Whatever the supervisor left in its process group goes with it.
+        returncode = run.proc.reap()
         run.ended = time.monotonic()
         # Its GPUs go to another run only once no process of this one lives
         # (a supervisor SIGKILLed leaves that to its workers, and to us).
@@ -441,13 +468,10 @@ class Pool:
             if run.state == states.WAITING:
                 run.state, run.result = states.CANCELLED, "cancelled before it started"
             elif run.state == states.RUNNING and run.proc is not None:
-                try:
-                    # The supervisor only (not its group): it stops its Codex and
-                    # workers itself, after flushing what they hold. The signal the
-                    # pool got, so a Ctrl-C is recorded as SIGINT.
-                    os.kill(run.proc.pid, signum)
-                except ProcessLookupError:
-                    pass
+                # The supervisor only (not its group): it stops its Codex and
+                # workers itself, after flushing what they hold. The signal the
+                # pool got, so a Ctrl-C is recorded as SIGINT.
+                run.proc.signal(signum)
                 run.state = states.STOPPING
 
     def force_kill(self, why: str) -> None:
@@ -456,7 +480,7 @@ class Pool:
         self._view.message(why)
         for run in self.runs:
             if run.proc is not None and run.proc.returncode is None:
-                signal_group(run.proc.pid, signal.SIGKILL)
+                run.proc.kill_group()
 
     # -- the end
 
@@ -465,10 +489,14 @@ class Pool:
         # never leave them behind.
         for run in self.runs:
             if run.proc is not None and run.proc.returncode is None:
-                signal_group(run.proc.pid, signal.SIGKILL)
-                run.proc.wait()
+                run.proc.kill_group()
+                run.proc.reap()
             if run.proc is not None:
                 end_run_processes(run.state_dir)
+        if self._launcher is not None:
+            self._wakeup.unwatch(self._launcher_fd)
+            self._launcher.close()
+            self._launcher = None
         self._abandon_posts.set()
         self._posts.shutdown(wait=True, cancel_futures=True)
         if self._feed is not None:

@@ -212,7 +212,7 @@ def run_pool(
 
     settings = _settings(plan, base_env, timing, max_parallel, heartbeat_interval, codex_timeout,
                          is_tty=is_tty, child_argv=child_argv, cancel_grace=cancel_grace,
-                         summary_out=summary_out)
+                         summary_out=summary_out, fork_runs=forks_runs(env))
     state_root = _state_root(env, echo)
     view = _open_view(echo, is_tty=is_tty)
     return Pool(specs, state_root, settings, view, echo).run()
@@ -221,7 +221,7 @@ def run_pool(
 def _settings(plan: GpuPlan, base_env: Mapping[str, str], timing: Timing, max_parallel: int | None,
               heartbeat_interval: float | None, codex_timeout: float | None, *, is_tty: bool,
               child_argv: ChildArgv | None = None, cancel_grace: float | None = None,
-              summary_out: Callable[[str], None] | None = None) -> PoolSettings:
+              summary_out: Callable[[str], None] | None = None, fork_runs: bool = True) -> PoolSettings:
     if cancel_grace is None:
         # Time for each supervisor's own shutdown (Codex grace, spool flush, report).
         cancel_grace = timing.kill_grace + timing.flush_timeout + 30.0
@@ -239,7 +239,14 @@ def _settings(plan: GpuPlan, base_env: Mapping[str, str], timing: Timing, max_pa
         cancel_grace=cancel_grace,
         tick=0.25 if is_tty else 1.0,
         summary_out=summary_out,
+        fork_runs=fork_runs,
     )
+
+
+def forks_runs(env: Mapping[str, str]) -> bool:
+    """Whether the supervisors are forked by the launcher (the default) or each
+    exec'd (`FLYWHEEL_POOL_START=exec`: the way out should forking misbehave)."""
+    return env.get("FLYWHEEL_POOL_START", "fork") != "exec"
 
 
 def _state_root(env: Mapping[str, str], echo: Callable[[str], None]) -> Path:
@@ -294,7 +301,8 @@ def run_watch(folder_text: str, config: Path | None, server: str, max_parallel: 
 
     journal = Journal(journal_path(flywheel_home(env), folder))
     feed = FolderFeed(folder, journal, read, plan_runs, report_lost, echo)
-    settings = _settings(plan, base_env, timing, max_parallel, heartbeat_interval, codex_timeout, is_tty=is_tty)
+    settings = _settings(plan, base_env, timing, max_parallel, heartbeat_interval, codex_timeout, is_tty=is_tty,
+                         fork_runs=forks_runs(env))
     pool = Pool([], _state_root(env, echo), settings, _open_view(echo, is_tty=is_tty), echo, feed=feed)
     feed.wake = pool.wake
     try:
