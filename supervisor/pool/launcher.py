@@ -40,7 +40,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# What a run's supervisor imports (cli.run_single's imports included).
+# What a run's supervisor imports (cli.run_single's and the workers' late imports included).
 PRELOAD = (
     "supervisor.cli",
     "supervisor.preflight",
@@ -48,6 +48,15 @@ PRELOAD = (
     "supervisor.signals",
     "workers.common.backend_client",
     "workers.run_processes",
+    "workers.artifact_watcher",
+    "workers.control_poller",
+    "workers.log_shipper",
+    # What multiprocess imports when the supervisor makes its workers' queues.
+    "multiprocess.popen_fork",
+    "multiprocess.queues",
+    "multiprocess.sharedctypes",
+    "multiprocess.synchronize",
+    "encodings.utf_8_sig",
 )
 # A datagram's limit (an environment larger than this is started by exec instead).
 MAX_MESSAGE = 1 << 18
