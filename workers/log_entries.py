@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -298,6 +299,17 @@ def _line_text(line: bytes, limit: int, redactor: Redactor) -> tuple[str, bool]:
     return text, False
 
 
+def needs_capping(line: bytes, redactor: Redactor, max_string_chars: int = EVENT_STRING_MAX_CHARS) -> bool:
+    """Whether the event parsed from `line` must be walked (cap_value) before
+    it is shipped: it may hold a long string, deep nesting or a secret. False
+    for nearly every line, which is then shipped exactly as parsed."""
+    return (
+        len(line) > max_string_chars
+        or line.count(b"{") + line.count(b"[") >= EVENT_MAX_DEPTH
+        or redactor.might_be_in_json(line)
+    )
+
+
 def codex_entry(
     line: bytes,
     redactor: Redactor,
@@ -322,11 +334,7 @@ def codex_entry(
         level, kind, message = "info", "command_output", text
         payload: dict[str, Any] = {"terminal_output": text}
     else:
-        if (
-            len(line) > max_string_chars
-            or line.count(b"{") + line.count(b"[") >= EVENT_MAX_DEPTH
-            or redactor.might_be_in_json(line)
-        ):
+        if needs_capping(line, redactor, max_string_chars):
             event, cut = cap_value(
                 event, redactor, max_string_chars=max_string_chars, max_total_chars=max_event_chars
             )
@@ -355,6 +363,57 @@ def encode_codex_line(created_at: str, line: bytes, redactor: Redactor, seq: int
                                  "run_event_kind": "command_output", "event_unreadable": type(exc).__name__}
         entry = Entry("info", clean_message(text, redactor), extra)
         return encode_entry(created_at, entry, seq), entry
+
+
+def encode_codex_lines(out: bytearray, created_at: str, lines: Sequence[bytes], redactor: Redactor,
+                       first_seq: int, tokens: tuple[int, int] = (0, 0),
+                       dropped: Mapping[int, int] | None = None) -> tuple[int, int]:
+    """Append to `out` the encoded entries of consecutive Codex lines (given
+    without their newlines), numbered from `first_seq`, each followed by a
+    newline; return the running token totals (`add_usage`) after them.
+    `dropped[i]` is `truncated_bytes` of line i.
+
+    Byte for byte what `encode_codex_line` gives line by line, only cheaper:
+    the line most Codex output is (a JSON object that needs no capping and no
+    cleaning of its raw bytes) is encoded here without an Entry or copied
+    dicts; every other line, and any line that raises on this path, goes
+    through `encode_codex_line` itself. Entries go straight into one buffer:
+    keeping one bytes object per entry alive costs more than encoding it
+    (orjson allocates each with room to spare, then shrinks it)."""
+    loads, dumps, options = orjson.loads, orjson.dumps, _DUMP_OPTIONS
+    seq = first_seq
+    for i, line in enumerate(lines):
+        if (
+            line[:1] == b"{"  # else not JSON, or JSON after blanks: the general path strips them
+            and line[-1:] != b"\r"
+            and b"\x00" not in line
+            and not (dropped and i in dropped)
+            and not needs_capping(line, redactor)
+        ):
+            try:
+                event = loads(line)
+                if type(event) is dict:
+                    level, kind, message = describe_event(event)
+                    data = dumps({"created_at": created_at, "level": level,
+                                  "message": clean_message(message, redactor),
+                                  "extra": {"event": event, "run_event_source": "codex",
+                                            "run_event_kind": kind, "seq": seq}},
+                                 default=str, option=options)
+                    if event.get("type") == "turn.completed":
+                        tokens = add_usage(tokens, token_usage(event))
+                    out += data
+                    out += b"\n"
+                    seq += 1
+                    continue
+            except Exception:  # noqa: BLE001, S112 - the general path below decides what this line ships as
+                pass
+        data, entry = encode_codex_line(created_at, line, redactor, seq,
+                                        truncated_bytes=dropped.get(i, 0) if dropped else 0)
+        tokens = add_usage(tokens, token_usage(entry.extra.get("event") or {}))
+        out += data
+        out += b"\n"
+        seq += 1
+    return tokens
 
 
 # Bootstrap's messages are capped before cleaning, so a runaway string costs

@@ -41,11 +41,9 @@ from workers.common.timing import Timing
 from workers.common.wake import WakePipe
 from workers.file_watch import warn_once_per_run, watch_files
 from workers.log_entries import (
-    add_usage,
     bootstrap_record,
-    encode_codex_line,
+    encode_codex_lines,
     encode_json,
-    token_usage,
     too_large_placeholder,
 )
 from workers.messages import Command, Drain, Drained, RunCannotGoOn, Stop, unexpected
@@ -136,21 +134,25 @@ class Shipper:
         boot_lines = self.boot.read(max_bytes=ENCODE_STEP)
         # Small steps keep memory flat and let delivery start while Codex is
         # still printing megabytes.
-        codex_lines = self.codex.read(max_bytes=ENCODE_STEP)
+        codex = self.codex.read_block(max_bytes=ENCODE_STEP)
+        codex_lines = codex.data
         if not boot_lines and not codex_lines:
             return self.codex.last_read > 0  # inside a very long line: keep reading
-        out: list[bytes] = []
+        out = bytearray()  # the encoded entries, one a line
         seq = self.state.next_seq
         tokens = self.state.input_tokens, self.state.output_tokens
         ci = 0
         now = utc_now()
 
-        def take_codex(line: Any) -> None:
-            nonlocal seq, tokens
-            data, entry = encode_codex_line(now, line.data, self.redactor, seq, truncated_bytes=line.dropped)
-            tokens = add_usage(tokens, token_usage(entry.extra.get("event") or {}))
-            out.append(data)
-            seq += 1
+        def take_codex(upto: int) -> None:
+            nonlocal ci, seq, tokens
+            if upto <= ci:
+                return
+            dropped = {i - ci: n for i, n in codex.dropped.items() if ci <= i < upto} if codex.dropped else None
+            tokens = encode_codex_lines(out, now, codex_lines[ci:upto] if ci or upto < len(codex_lines)
+                                        else codex_lines, self.redactor, seq, tokens, dropped)
+            seq += upto - ci
+            ci = upto
 
         records: list[tuple[int, int, dict[str, Any]]] = []  # (line start, codex offset, record)
         for b in boot_lines:
@@ -164,29 +166,27 @@ class Shipper:
                 continue  # the torn line of a writer killed mid-append
             records.append((line_start, marker, record))
         before, taken = interleave([marker for _, marker, _ in records],
-                                   [line.end for line in codex_lines] if records else [], self.codex.offset)
+                                   codex.ends() if records else [], self.codex.offset)
         if taken < len(records):
             self.boot.rewind(records[taken][0])  # it waits for Codex's lines (next step)
         for (_, _, record), codex_before in zip(records[:taken], before):
-            while ci < codex_before:
-                take_codex(codex_lines[ci])
-                ci += 1
+            take_codex(codex_before)
             record = bootstrap_record(record, self.redactor)
             record["extra"]["seq"] = seq
-            out.append(encode_json(record))
+            out += encode_json(record)
+            out += b"\n"
             seq += 1
-        for line in codex_lines[ci:]:
-            take_codex(line)
+        take_codex(len(codex_lines))
         if not out:
             return self.codex.last_read > 0  # else only entries waiting for Codex's lines
-        data = b"".join(e + b"\n" for e in out)
-        grown = len(data)
+        grown = len(out)
         try:
-            append_whole(self.outbox_fd, data)
+            append_whole(self.outbox_fd, out)
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
-            if not self._spool_full(exc, out):
+            # An encoded entry never holds a raw newline (JSON escapes it).
+            if not self._spool_full(exc, bytes(out).split(b"\n")[:-1]):
                 return False
             grown = 0  # delivered straight from memory: the outbox stays as it was
         self.state = self.state.evolve(
@@ -194,7 +194,7 @@ class Shipper:
             boot_offset=self.boot.offset,
             next_seq=seq,
             outbox_size=self.state.outbox_size + grown,
-            delivered=self.state.delivered + (0 if grown else len(out)),
+            delivered=self.state.delivered + (0 if grown else seq - self.state.next_seq),
             last_event_at=now if codex_lines else self.state.last_event_at,
             input_tokens=tokens[0],
             output_tokens=tokens[1],
@@ -233,13 +233,8 @@ class Shipper:
     def deliver_some(self) -> None:
         """Deliver the next batch (or single entry) from the outbox."""
         limit = self.cfg.batch_entries if self.cfg.log_batch else 1
-        lines: list[bytes] = []
-        end, size = self.state.delivered_offset, 0
-        for line, pos in self.outbox.lines(end, self.state.outbox_size, limit):
-            if lines and size + len(line) > self.cfg.batch_bytes:
-                break
-            lines.append(line)
-            end, size = pos, size + len(line)
+        lines, end = self.outbox.batch(self.state.delivered_offset, self.state.outbox_size, limit,
+                                       self.cfg.batch_bytes)
         if not lines:
             return
         self._send(lines)

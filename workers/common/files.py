@@ -28,7 +28,7 @@ def open_private(path: Path, flags: int) -> int:
     return os.open(path, flags | os.O_CLOEXEC, 0o600)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray) -> None:
     """os.write until every byte is written (a write may take only part)."""
     view = memoryview(data)
     while view:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ SHIPPER_STATE = "shipper.json"
 # last 512 KiB, then JSON escaping grows it), and must still parse as events.
 MAX_LINE_BYTES = 8 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+# The outbox is read for delivery in blocks of this size (a batch of 500
+# real-shaped entries is about 200 KiB).
+_BATCH_READ = 256 * 1024
 
 
 def utc_now() -> str:
@@ -79,7 +83,7 @@ def give_back(state_dir: Path) -> None:
         pass
 
 
-def append_whole(fd: int, data: bytes) -> None:
+def append_whole(fd: int, data: bytes | bytearray) -> None:
     """Append `data` to the file open at `fd` completely or not at all: a
     write cut short by a full disk is taken back (truncated), then raised."""
     start = os.fstat(fd).st_size
@@ -156,6 +160,27 @@ class Line:
     dropped: int = 0  # bytes of an over-long line that were not kept
 
 
+@dataclass(frozen=True)
+class LineBlock:
+    """Consecutive complete lines as plain bytes (no object per line: the
+    log-shipper reads tens of thousands a second). `data[i]` is line i without
+    its newline (only the head of an over-long one); `dropped[i]`, when
+    present, how many bytes of line i were not kept."""
+
+    start: int  # file offset of the first line
+    data: list[bytes]
+    dropped: dict[int, int]
+
+    def ends(self) -> list[int]:
+        """The file offset just past each line (and its newline)."""
+        dropped = self.dropped
+        return list(accumulate((len(d) + 1 + (dropped.get(i, 0) if dropped else 0) for i, d in enumerate(self.data)),
+                               initial=self.start))[1:]
+
+    def lines(self) -> list[Line]:
+        return [Line(d, end, self.dropped.get(i, 0)) for i, (d, end) in enumerate(zip(self.data, self.ends()))]
+
+
 class LineTail:
     """Reads complete lines from a file that another process keeps appending to.
 
@@ -177,13 +202,17 @@ class LineTail:
         """Complete lines from the current offset (at most about `max_bytes`).
         A last line without a newline waits: once Codex has exited, the
         supervisor terminates it with one (see `terminate_last_line`)."""
-        lines: list[Line] = []
+        return self.read_block(max_bytes).lines()
+
+    def read_block(self, max_bytes: int = 8 * READ_CHUNK) -> LineBlock:
+        """`read()` as one LineBlock."""
+        block = LineBlock(self.offset, [], {})
         if self._file is None:
             try:
                 # Kept open: the file is only ever appended to, never replaced.
                 self._file = open(self.path, "rb", buffering=0)
             except FileNotFoundError:
-                return lines
+                return block
         f = self._file
         f.seek(self._scan)
         budget = max_bytes
@@ -192,9 +221,9 @@ class LineTail:
             if not chunk:
                 break
             budget -= len(chunk)
-            self._take(chunk, lines)
+            self._take(chunk, block)
         self.last_read = max_bytes - budget
-        return lines
+        return block
 
     def rewind(self, offset: int) -> None:
         """Read again from `offset`, the start of a line already returned."""
@@ -207,19 +236,29 @@ class LineTail:
             self._file.close()
             self._file = None
 
-    def _take(self, chunk: bytes, lines: list[Line]) -> None:
-        start = 0
-        base = self._scan
-        while True:
-            nl = chunk.find(b"\n", start)
-            if nl < 0:
-                break
-            self._keep(chunk[start:nl])
-            self._scan = base + nl + 1
-            self._emit(lines, self._scan)
-            start = nl + 1
-        self._keep(chunk[start:])
-        self._scan = base + len(chunk)
+    def _take(self, chunk: bytes, block: LineBlock) -> None:
+        parts = chunk.split(b"\n")
+        end = self._scan + len(chunk)
+        self._scan = end
+        last = parts.pop()  # the start of a line not finished yet (maybe empty)
+        if parts:
+            data = block.data
+            self._keep(parts[0])  # it finishes the line read so far
+            if self._dropped:
+                block.dropped[len(data)] = self._dropped
+                self._dropped = 0
+            data.append(bytes(self._head))
+            self._head.clear()
+            if len(chunk) <= self.max_line:
+                data.extend(parts[1:])  # none is over-long
+            else:
+                for part in parts[1:]:
+                    if len(part) > self.max_line:
+                        block.dropped[len(data)] = len(part) - self.max_line
+                        part = part[: self.max_line]
+                    data.append(part)
+            self.offset = end - len(last)
+        self._keep(last)
 
     def _keep(self, piece: bytes) -> None:
         room = self.max_line - len(self._head)
@@ -228,13 +267,6 @@ class LineTail:
         else:
             self._head += piece[: max(room, 0)]
             self._dropped += len(piece) - max(room, 0)
-
-    def _emit(self, lines: list[Line], end: int) -> None:
-        lines.append(Line(bytes(self._head), end, self._dropped))
-        self._head.clear()
-        self._dropped = 0
-        self.offset = end
-        self._scan = max(self._scan, end)
 
 
 @dataclass(frozen=True)
@@ -307,20 +339,44 @@ class OutboxReader:
     def __init__(self, path: Path) -> None:
         self._file = open(path, "rb")
 
-    def lines(self, start: int, stop: int, limit: int) -> Iterator[tuple[bytes, int]]:
-        """Up to `limit` entries from `start`, never past `stop`, with the
-        offset after each."""
+    def batch(self, start: int, stop: int, limit: int, max_bytes: int) -> tuple[list[bytes], int]:
+        """Up to `limit` consecutive entries from `start`, never past `stop`,
+        together at most `max_bytes` (the first one whatever its size), and the
+        offset after the last one. Read in blocks, not a line at a time."""
         f = self._file
         f.seek(start)
-        pos = start
-        for _ in range(limit):
-            if pos >= stop:
-                return
-            line = f.readline()
-            if not line.endswith(b"\n"):
-                return
-            pos += len(line)
-            yield line[:-1], pos
+        entries: list[bytes] = []
+        end = read = start
+        size = 0
+        rest = b""  # the start of an entry that the block read so far cut
+        # About what `limit` real-shaped entries take, growing while an entry
+        # is longer (one entry per request reads a few KiB, not a whole block).
+        want = min(_BATCH_READ, limit * 512)
+        while read < stop:
+            block = f.read(min(want, stop - read))
+            want = min(want * 2, _BATCH_READ)
+            if not block:
+                break
+            read += len(block)
+            parts = (rest + block if rest else block).split(b"\n")
+            rest = parts.pop()
+            room = limit - len(entries)
+            take = parts[:room] if len(parts) > room else parts
+            total = sum(map(len, take))
+            if size + total <= max_bytes:  # nearly always: all of them at once
+                entries += take
+                size += total
+                end += total + len(take)
+            else:
+                for entry in take:
+                    if entries and size + len(entry) > max_bytes:
+                        return entries, end
+                    entries.append(entry)
+                    size += len(entry)
+                    end += len(entry) + 1
+            if len(entries) >= limit:
+                break
+        return entries, end
 
     def close(self) -> None:
         self._file.close()
