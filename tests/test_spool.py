@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import orjson
+import pytest
 
 from workers.common.spool import EntryLog, LineTail, OutboxReader, ShipperState, terminate_last_line
 
@@ -69,6 +71,17 @@ def test_shipper_state_roundtrip_and_corrupt_file(tmp_path: Path) -> None:
     (tmp_path / "shipper.json").write_bytes(b"{torn")
     assert ShipperState.load(tmp_path) == ShipperState()
     assert not list((tmp_path / ".tmp").iterdir())
+
+
+def test_shipper_state_evolve_changes_only_what_it_names() -> None:
+    state = ShipperState(codex_offset=10, next_seq=7, outbox_size=99)
+    moved = state.evolve(delivered_offset=40, delivered=3)
+    assert moved == ShipperState(codex_offset=10, next_seq=7, outbox_size=99, delivered_offset=40, delivered=3)
+    assert state == ShipperState(codex_offset=10, next_seq=7, outbox_size=99)  # frozen: a new one
+    with pytest.raises(FrozenInstanceError):
+        moved.delivered = 4  # type: ignore[misc]
+    with pytest.raises(TypeError, match="delivred"):
+        state.evolve(delivred=1)
 
 
 def test_outbox_lines_stop_at_committed_size(tmp_path: Path) -> None:
