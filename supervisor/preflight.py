@@ -7,6 +7,7 @@ reported to the backend: the run has not been claimed yet.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -119,15 +120,17 @@ def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str],
     finally:
         if progress is not None:
             progress.finish()
-    # The slow steps of a start side by side: Codex answers in a process of
-    # its own while nvidia-smi and `meanwhile` run here.
-    with LoginCheck(codex, codex_home, env) as login:
+    # The slow steps of a start side by side: `codex login status` and
+    # `nvidia-smi -L` answer in processes of their own while `meanwhile` runs.
+    with contextlib.ExitStack() as running:
+        login = running.enter_context(LoginCheck(codex, codex_home, env))
+        gpus = running.enter_context(gpu_discovery.Discovery(env)) \
+            if codex.source != "mock" and cfg.sandbox_mode != NO_SANDBOX_MODE else None
         if problem := sandbox_problem(codex, cfg.sandbox_mode, env):
             notes.append(problem)
-        if codex.source != "mock" and cfg.sandbox_mode != NO_SANDBOX_MODE:
-            if warning := gpu_sandbox_warning(gpu_discovery.discover(env), cfg.sandbox_mode):
-                notes.append(warning)
         meanwhile()
+        if gpus is not None and (warning := gpu_sandbox_warning(gpus.result(), cfg.sandbox_mode)):
+            notes.append(warning)
         ok, detail = login.result()
     if not ok:
         if cfg.model_provider and cfg.model_provider != "openai":

@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
+from supervisor.background import Background
 from workers.common.backoff import backoff_delay
 from workers.common.errors import ConfigError, ProvisionError
 from workers.common.redact import mask_url_userinfo
@@ -437,51 +437,31 @@ LOGIN_TIMEOUT = 30.0
 
 class LoginCheck:
     """`codex login status` with this CODEX_HOME, started at once and judged
-    by `result()`, so a start does its other work while Codex answers. As a
-    context manager it never leaves the process behind (killed and reaped)."""
+    by `result()`, so a start does its other work while Codex answers (a
+    context manager: never left behind)."""
 
     def __init__(self, codex: CodexCommand, codex_home: Path, env: Mapping[str, str]) -> None:
-        self._program = codex.argv_prefix[0]
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._error = ""
-        self._deadline = time.monotonic() + LOGIN_TIMEOUT
-        if codex.source == "mock":
-            return
-        try:
-            self._proc = subprocess.Popen(
-                [*codex.argv_prefix, "login", "status"],
-                env={**env, "CODEX_HOME": str(codex_home)},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-        except OSError as exc:
-            self._error = f"cannot run {self._program}: {exc.strerror or exc}"
+        self._command = None if codex.source == "mock" else Background(
+            [*codex.argv_prefix, "login", "status"], {**env, "CODEX_HOME": str(codex_home)}, LOGIN_TIMEOUT)
 
     def result(self) -> tuple[bool, str]:
         """Whether it succeeded, and its stderr tail (waits for it, bounded)."""
-        if self._proc is None:
-            return not self._error, self._error
-        try:
-            _, err = self._proc.communicate(timeout=max(0.0, self._deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.close()
-            return False, f"`codex login status` did not answer within {LOGIN_TIMEOUT:g} s"
-        tail = err.decode("utf-8", "replace").strip()[-2000:]
-        if self._proc.returncode != 0 and not tail:
-            tail = f"`codex login status` exited with code {self._proc.returncode}"
-        return self._proc.returncode == 0, tail
-
-    def close(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.communicate()
+        if self._command is None:
+            return True, ""
+        done = self._command.result()
+        if done.returncode is None:
+            return False, f"`codex login status` {done.problem}" if done.timed_out else done.problem
+        tail = done.stderr.decode("utf-8", "replace").strip()[-2000:]
+        if done.returncode != 0 and not tail:
+            tail = f"`codex login status` exited with code {done.returncode}"
+        return done.returncode == 0, tail
 
     def __enter__(self) -> LoginCheck:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        if self._command is not None:
+            self._command.close()
 
 
 def login_ok(codex: CodexCommand, codex_home: Path, env: Mapping[str, str]) -> tuple[bool, str]:

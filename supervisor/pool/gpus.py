@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+
+from supervisor.background import Background
 
 _NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):")
 # nvidia-smi answers in well under a second; a wedged driver must not hang the pool.
@@ -20,9 +21,36 @@ _NVIDIA_SMI_TIMEOUT = 15.0
 
 def discover(env: Mapping[str, str]) -> tuple[str, ...]:
     """The GPUs runs may be given, in the host's order; () when there are none."""
-    if "CUDA_VISIBLE_DEVICES" in env:
-        return parse_visible_devices(env["CUDA_VISIBLE_DEVICES"])
-    return parse_nvidia_smi(_run_nvidia_smi(env))
+    with Discovery(env) as found:
+        return found.result()
+
+
+class Discovery:
+    """discover(), with `nvidia-smi -L` started at once and read by `result()`,
+    so a run's start does its other work meanwhile (a context manager: the
+    command is never left behind)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._visible = env.get("CUDA_VISIBLE_DEVICES")
+        # Looked up on the given PATH, not the pool's own, so the caller's env decides.
+        program = None if self._visible is not None else shutil.which("nvidia-smi", path=env.get("PATH"))
+        self._command = Background([program, "-L"], env, _NVIDIA_SMI_TIMEOUT) if program else None
+
+    def result(self) -> tuple[str, ...]:
+        if self._visible is not None:
+            return parse_visible_devices(self._visible)
+        done = self._command.result() if self._command is not None else None
+        # No driver loaded: nvidia-smi exits non-zero, and that host has no usable GPU.
+        if done is None or done.returncode != 0:
+            return ()
+        return parse_nvidia_smi(done.stdout.decode("utf-8", "replace"))
+
+    def __enter__(self) -> Discovery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._command is not None:
+            self._command.close()
 
 
 NVIDIA_SMI = "nvidia-smi -L"
@@ -60,26 +88,6 @@ def parse_nvidia_smi(output: str) -> tuple[str, ...]:
         if match and match.group(1) not in found:
             found.append(match.group(1))
     return tuple(found)
-
-
-def _run_nvidia_smi(env: Mapping[str, str]) -> str:
-    # Looked up on the given PATH, not the pool's own, so the caller's env decides.
-    program = shutil.which("nvidia-smi", path=env.get("PATH"))
-    if program is None:
-        return ""
-    try:
-        done = subprocess.run(
-            [program, "-L"],
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_NVIDIA_SMI_TIMEOUT,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    # No driver loaded: nvidia-smi exits non-zero, and that host has no usable GPU.
-    return done.stdout if done.returncode == 0 else ""
 
 
 class GpuAllocator:
