@@ -5,6 +5,7 @@ against a bare `http.client` loop posting the very same encoded entries.
     python benchmarks/delivery_cost.py --lines 4000            # one entry per request
     python benchmarks/delivery_cost.py --lines 20000 --batch
     python benchmarks/delivery_cost.py --root /other/checkout  # A/B a change
+    python benchmarks/delivery_cost.py --lines 20000 --no-http # the shipper's own part
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
         python benchmarks/delivery_cost.py --lines 300 --only ours   # instructions;
         # run again with --lines 1300: the difference / 1000 is per entry
@@ -68,12 +69,32 @@ class _Mailbox:
         pass
 
 
+def without_http(shipper: Any, lines: int) -> int:
+    """The shipper's CPU per entry outside HTTP: encoding, then its delivery
+    loop with every post answered at once, without a request."""
+    from workers.common.backend_client import Answer
+
+    accepted = Answer(200)
+    shipper.backend.post = lambda *args, **kwargs: accepted
+    c0 = own_cpu()
+    while shipper.encode_new():
+        pass
+    c1 = own_cpu()
+    while shipper.state.pending:
+        shipper.deliver_some()
+    c2 = own_cpu()
+    print(f"shipper without HTTP: {lines:,} entries; encode {(c1 - c0) / lines * 1e6:.1f} us/entry, "
+          f"delivery loop {(c2 - c1) / lines * 1e6:.1f} us/entry (CPU)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=4000)
     parser.add_argument("--batch", action="store_true", help="log_batch on (batches of the shipper's size)")
     parser.add_argument("--root", type=Path, default=HERE.parent, help="the checkout whose shipper is measured")
     parser.add_argument("--only", choices=("ours", "bare"), help="measure one client only")
+    parser.add_argument("--no-http", action="store_true", help="the shipper's own CPU: posts answered without a request")
     args = parser.parse_args()
     root = str(args.root.resolve())
     sys.path[:0] = [root, str(HERE)]
@@ -82,6 +103,11 @@ def main() -> int:
     from workers.common.spool import CODEX_OUT, OUTBOX
     from workers.log_shipper import Shipper, ShipperConfig
 
+    if args.no_http:
+        state = Path(tempfile.mkdtemp())
+        (state / CODEX_OUT).write_bytes(b"".join(body_line(n) for n in range(args.lines)))
+        return without_http(Shipper(_Mailbox(), ShipperConfig(state_dir=state, server="http://127.0.0.1:9", run_id="r",
+                                                              token="t", log_batch=args.batch)), args.lines)
     backend = subprocess.Popen([sys.executable, "-c", BACKEND, "1" if args.batch else "0"], cwd=root,
                                env={**os.environ, "PYTHONPATH": root}, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
