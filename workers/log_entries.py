@@ -365,6 +365,9 @@ def encode_codex_line(created_at: str, line: bytes, redactor: Redactor, seq: int
         return encode_entry(created_at, entry, seq), entry
 
 
+_NO_SECRETS = Redactor()
+
+
 def encode_codex_lines(out: bytearray, created_at: str, lines: Sequence[bytes], redactor: Redactor,
                        first_seq: int, tokens: tuple[int, int] = (0, 0),
                        dropped: Mapping[int, int] | None = None) -> tuple[int, int]:
@@ -380,7 +383,10 @@ def encode_codex_lines(out: bytearray, created_at: str, lines: Sequence[bytes], 
     through `encode_codex_line` itself. Entries go straight into one buffer:
     keeping one bytes object per entry alive costs more than encoding it
     (orjson allocates each with room to spare, then shrinks it)."""
-    loads, dumps, options = orjson.loads, orjson.dumps, _DUMP_OPTIONS
+    loads, dumps, options = orjson.loads, orjson.dumps, _DUMP_OPTIONS | orjson.OPT_APPEND_NEWLINE
+    # One look at all the lines for a secret: nearly always none can hold one,
+    # and then no line needs a look of its own.
+    secret_check = redactor if redactor.might_be_in_json(b"\n".join(lines)) else _NO_SECRETS
     seq = first_seq
     for i, line in enumerate(lines):
         if (
@@ -388,7 +394,7 @@ def encode_codex_lines(out: bytearray, created_at: str, lines: Sequence[bytes], 
             and line[-1:] != b"\r"
             and b"\x00" not in line
             and not (dropped and i in dropped)
-            and not needs_capping(line, redactor)
+            and not needs_capping(line, secret_check)
         ):
             try:
                 event = loads(line)
@@ -401,8 +407,7 @@ def encode_codex_lines(out: bytearray, created_at: str, lines: Sequence[bytes], 
                                  default=str, option=options)
                     if event.get("type") == "turn.completed":
                         tokens = add_usage(tokens, token_usage(event))
-                    out += data
-                    out += b"\n"
+                    out += data  # with its newline
                     seq += 1
                     continue
             except Exception:  # noqa: BLE001, S112 - the general path below decides what this line ships as
