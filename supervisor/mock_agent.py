@@ -24,9 +24,8 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from workers.common.names import MANIFEST_NAME as MANIFEST
 
@@ -51,9 +50,9 @@ class UsageError(Exception):
     """Bad command line: message on stderr, exit 2 (as Codex's parser does)."""
 
 
-@dataclass(frozen=True)
-class Invocation:
-    """What the command line asked for."""
+class Invocation(NamedTuple):
+    """What the command line asked for. (A NamedTuple: `dataclasses` would
+    import `inspect` and more, a third of this short-lived process's start-up.)"""
 
     cd: Path
     resume_thread: str | None

@@ -31,6 +31,7 @@ The launcher exits when the pool's end of the socket closes.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import selectors
@@ -244,6 +245,11 @@ def main(argv: list[str]) -> None:
     set_title([sys.executable, "-m", "supervisor.pool.launcher", f"(the run supervisors of pool {os.getppid()})"])
     for name in PRELOAD:
         importlib.import_module(name)
+    # Out of the collector's sight: a collection in a supervisor (or in a worker
+    # it forks) would otherwise walk every imported object, writing to (and so
+    # copying) the pages the launcher's children share. About a quarter of a
+    # forked run's CPU (benchmarks/README.md: Many runs on one host).
+    gc.freeze()
     job = Launcher(sock, _death_hook(signal.SIGTERM)).serve()
     if job is None:
         return
