@@ -1,8 +1,9 @@
 """Many runs on one host: the pool behind `--runs FILE` (docs/design.md: Many runs).
 
 Each run gets its own single-run supervisor as a child process (`python -m
-supervisor --run-id …`), which brings its own three workers; runs share nothing
-but the host, so one crashing never disturbs another. The pool:
+supervisor --run-id …`, forked by the pool's launcher, which imported it once),
+which brings its own workers; runs share nothing but the host, so one crashing
+never disturbs another. The pool:
 
 - does the shared work once, before any run starts: reads every distinct config
   (a bad one fails everything, exit 2) and finds or downloads Codex (its folder
@@ -31,6 +32,8 @@ Modules:
 - `states`: the states a run goes through;
 - `loop`: the event loop (`Pool`) that starts, reaps and cancels children;
 - `children`: what is done to one child process;
+- `launcher`: the process that forks the supervisors; `launched`: the pool's side of it;
+- `proc_title`: a forked supervisor's command line, as `ps` shows it;
 - `report`: the `error` report of a run whose supervisor was killed;
 - `gpus`: which GPUs the host has, and who holds which;
 - `status_view`: what the user sees (a live table or plain lines).
