@@ -795,7 +795,7 @@ class Session:
                              "≤ 150 MB"))
         self.rows.append(Row("  the same as PSS (pages shared after fork counted once)", ours.pss_mb, orig.pss_mb,
                              "MB"))
-        self.notes.append(f"Processes per run: ours {ours.processes} (supervisor and 3 workers), "
+        self.notes.append(f"Processes per run: ours {ours.processes} (supervisor and 4 workers), "
                           f"original {orig.processes}.")
 
     def idle_runs(self) -> None:
@@ -834,9 +834,9 @@ class Session:
                                  median(r["rss_mb"] for r in orig), "MB",
                                  f"PSS {median(r['pss_mb'] for r in ours):,.0f} MB vs "
                                  f"{median(r['pss_mb'] for r in orig):,.0f} MB"))
-        self.notes.append("Mock runs (BOOTSTRAP_MOCK_CODEX=1): ours is one `--runs FILE` (a pool, then per run a "
-                          "supervisor and 3 workers); the original has no --runs and is started once per run, all "
-                          "at once.")
+        self.notes.append("Mock runs (BOOTSTRAP_MOCK_CODEX=1): ours is one `--runs FILE` (a pool and its "
+                          "launcher, then per run a supervisor forked by the launcher and 4 workers); the original "
+                          "has no --runs and is started once per run, all at once.")
 
 
 def machine() -> str:
