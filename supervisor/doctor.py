@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from supervisor import mock_agent
 from supervisor.config import NO_SANDBOX_MODE, CodexConfig, load_config
 from supervisor.pool import gpus as gpu_discovery
 from supervisor.provision import CODEX_VERSION, CodexCommand, installed_path, kept_checksum, login_ok
@@ -82,7 +83,7 @@ def check_config(path: Path | None) -> tuple[Check, CodexConfig | None]:
 def find_codex_quietly(env: Mapping[str, str], home: Path) -> CodexCommand | None:
     """The Codex a run would use, without downloading one."""
     if env.get("BOOTSTRAP_MOCK_CODEX"):
-        return CodexCommand((sys.executable, "-m", "supervisor.mock_agent"), "mock")
+        return CodexCommand(mock_agent.command(), "mock")
     on_path = shutil.which("codex", path=env.get("PATH", os.defpath))
     if on_path:
         return CodexCommand((os.path.abspath(on_path),), "path")

@@ -23,11 +23,13 @@ import os
 import signal
 import sys
 import time
-import uuid
-from pathlib import Path
-from typing import Any, NamedTuple
 
-from workers.common.names import MANIFEST_NAME as MANIFEST
+if not __package__:
+    # Started as a file with `-S` (see `command`): the folder above ours holds
+    # `workers` too, and is on no path without site-packages.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from workers.common.names import MANIFEST_NAME as MANIFEST  # noqa: E402
 
 REPORT = "mock_report.md"
 VERSION = "0.169.0"
@@ -50,13 +52,25 @@ class UsageError(Exception):
     """Bad command line: message on stderr, exit 2 (as Codex's parser does)."""
 
 
-class Invocation(NamedTuple):
-    """What the command line asked for. (A NamedTuple: `dataclasses` would
-    import `inspect` and more, a third of this short-lived process's start-up.)"""
+def command() -> tuple[str, ...]:
+    """How bootstrap starts the mock agent where it would start `codex`: as a
+    file, without `site` (no site-packages, no editable-install finder: half of
+    this short-lived process's start-up; it needs only the standard library and
+    `workers.common.names`)."""
+    return (sys.executable, "-S", os.path.abspath(__file__))
 
-    cd: Path
-    resume_thread: str | None
-    prompt_arg: str | None
+
+class Invocation:
+    """What the command line asked for. (A plain class: `dataclasses` would
+    import `inspect` and more, `typing` and `pathlib` a few ms each, a large
+    share of this short-lived process's start-up.)"""
+
+    __slots__ = ("cd", "resume_thread", "prompt_arg")
+
+    def __init__(self, cd: str, resume_thread: str | None, prompt_arg: str | None) -> None:
+        self.cd = cd
+        self.resume_thread = resume_thread
+        self.prompt_arg = prompt_arg
 
 
 def _take_value(args: list[str], i: int, flag: str) -> tuple[str, int]:
@@ -98,10 +112,10 @@ def parse(argv: list[str]) -> Invocation:
         thread, prompt = positionals[0], (positionals[1] if len(positionals) > 1 else None)
         if len(positionals) > 2:
             raise UsageError(f"error: unexpected argument '{positionals[2]}' found")
-        return Invocation(Path(os.path.abspath(cd or ".")), thread, prompt)
+        return Invocation(os.path.abspath(cd or "."), thread, prompt)
     if len(positionals) > 1:
         raise UsageError(f"error: unexpected argument '{positionals[1]}' found")
-    return Invocation(Path(os.path.abspath(cd or ".")), None, positionals[0] if positionals else None)
+    return Invocation(os.path.abspath(cd or "."), None, positionals[0] if positionals else None)
 
 
 def _read_stdin() -> str:
@@ -126,22 +140,23 @@ def task_line(prompt: str) -> str:
     return next((ln.strip() for ln in lines if ln.strip()), "")
 
 
-def _emit(event: dict[str, Any]) -> None:
+def _emit(event: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
     sys.stdout.flush()
     time.sleep(_PAUSE)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(folder: str, name: str, text: str) -> None:
     # The artifact watcher may read at any moment: never show it half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(folder, name))
 
 
-def _listing(folder: Path) -> str:
+def _listing(folder: str) -> str:
     try:
-        return "".join(f"{p.name}\n" for p in sorted(folder.iterdir()))
+        return "".join(f"{name}\n" for name in sorted(os.listdir(folder)))
     except OSError as exc:
         return f"ls: cannot open directory '{folder}': {exc.strerror}\n"
 
@@ -159,10 +174,18 @@ def _train(seconds: float) -> None:
         time.sleep(0.25)
 
 
+def _uuid4() -> str:
+    """A random (version 4) UUID, as `uuid.uuid4()` gives, without importing
+    `uuid` (and `platform` with it)."""
+    value = (int.from_bytes(os.urandom(16), "big") & ~(0xC000 << 48 | 0xF000 << 64)) | (0x8000 << 48 | 0x4000 << 64)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def run(invocation: Invocation, prompt: str) -> int:
     named = os.environ.get("FLYWHEEL_WORKSPACE")
-    workspace = Path(named) if named and Path(named).is_dir() else invocation.cd
-    thread_id = invocation.resume_thread or str(uuid.uuid4())
+    workspace = named if named and os.path.isdir(named) else invocation.cd
+    thread_id = invocation.resume_thread or _uuid4()
     resumed = invocation.resume_thread is not None
     _emit({"type": "thread.started", "thread_id": thread_id})
     _emit({"type": "turn.started"})
@@ -185,9 +208,9 @@ def run(invocation: Invocation, prompt: str) -> int:
         f"- thread: {thread_id}{' (resumed)' if resumed else ''}\n"
         f"- task: {task_line(prompt)[:300] or '(empty)'}\n"
     )
-    _write_atomic(workspace / REPORT, report)
+    _write_atomic(workspace, REPORT, report)
     manifest = [{"artifact_type": "text", "payload": {"path": REPORT, "title": "Mock agent report"}}]
-    _write_atomic(workspace / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    _write_atomic(workspace, MANIFEST, json.dumps(manifest, indent=2) + "\n")
     _emit({"type": "item.completed", "item": {"id": "item_2", "type": "file_change", "status": "completed",
            "changes": [{"path": REPORT, "kind": "add"}, {"path": MANIFEST, "kind": "add"}]}})
     _emit({"type": "item.completed", "item": {"id": "item_3", "type": "agent_message",
@@ -196,7 +219,7 @@ def run(invocation: Invocation, prompt: str) -> int:
     return 0
 
 
-def _on_signal(signum: int, _frame: Any) -> None:
+def _on_signal(signum: int, _frame: object) -> None:
     os._exit(128 + signum)  # what Codex does: 143 on SIGTERM, 130 on SIGINT
 
 
@@ -218,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stdin_text = _read_stdin()
     prompt = stdin_text if invocation.prompt_arg in (None, "-") else invocation.prompt_arg
-    if not invocation.cd.is_dir():
+    if not os.path.isdir(invocation.cd):
         print(f"Error: --cd {invocation.cd}: No such file or directory", file=sys.stderr)
         return 1
     try:

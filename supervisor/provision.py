@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
+from supervisor import mock_agent
 from supervisor.background import Background
 from workers.common.backoff import backoff_delay
 from workers.common.errors import ConfigError, ProvisionError
@@ -414,7 +415,7 @@ def find_codex(
 ) -> CodexCommand:
     """The Codex to run, in the README's order (mock, PATH, cache, download)."""
     if mock:
-        return CodexCommand((sys.executable, "-m", "supervisor.mock_agent"), "mock")
+        return CodexCommand(mock_agent.command(), "mock")
     on_path = shutil.which("codex", path=env.get("PATH", os.defpath))
     if on_path:
         return CodexCommand((os.path.abspath(on_path),), "path")

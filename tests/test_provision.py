@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor import mock_agent
 from supervisor.provision import (
     CHECKSUM_NAME,
     CODEX_VERSION,
@@ -371,7 +372,7 @@ def write_script(path: Path, text: str) -> Path:
 
 def test_find_codex_mock(tmp_path: Path) -> None:
     cmd = find_codex({"PATH": ""}, tmp_path, mock=True, echo_progress=None)
-    assert cmd == CodexCommand((sys.executable, "-m", "supervisor.mock_agent"), "mock")
+    assert cmd == CodexCommand(mock_agent.command(), "mock")
 
 
 def test_find_codex_on_path(tmp_path: Path) -> None:
