@@ -116,3 +116,57 @@ def test_forked_supervisors_hold_only_their_own_run(env: Any, backend: LocalBack
     assert sorted(e["CUDA_VISIBLE_DEVICES"] for e in by_run.values()) == ["0", "1"]
     for codex_env in by_run.values():
         assert not any(tok in str(codex_env) for _, tok in runs)
+
+
+def test_a_dead_launchers_runs_keep_their_gpus_until_they_are_gone(host: Host) -> None:
+    """The launcher dies alone: its supervisors get SIGTERM from the kernel, but a
+    run is over, and its GPU goes to the waiting run, only once its supervisor is
+    gone (here they ignore SIGTERM until the test kills them)."""
+    host.plan(r1="stubborn", r2="stubborn", r3="stubborn", r4="stubborn")
+    pool = start_driver(host, 5, gpus_per_run=1)  # r5 waits for a GPU
+    lines: list[str] = []
+    said = threading.Condition()
+
+    def read() -> None:
+        assert pool.stdout is not None
+        for line in pool.stdout:
+            with said:
+                lines.append(line)
+                said.notify_all()
+
+    def wait_said(text: str, timeout: float) -> bool:
+        with said:
+            return said.wait_for(lambda: any(text in line for line in lines), timeout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    starts: dict[str, dict[str, Any]] = {}
+    try:
+        host.wait_for(started(4))
+        starts = {e["run"]: e for e in host.read_events() if e["ev"] == "start"}
+        os.kill(starts["r1"]["ppid"], signal.SIGKILL)  # the launcher
+        host.wait_for(lambda events: sum(e["ev"] == "term" for e in events) == 4)
+        assert wait_said("launcher of supervisors died", 30), "".join(lines)
+        # Nothing may start while r1..r4 live; a pool that counted them as ended
+        # at the launcher's death starts r5 within a tick of saying so.
+        assert not wait_said("run r5: starting", 2), "".join(lines)
+        assert not any("run r1: error" in line for line in lines), "".join(lines)
+        os.kill(starts["r1"]["pid"], signal.SIGKILL)
+        assert wait_said("run r5: starting on GPUs " + starts["r1"]["gpus"], 30), "".join(lines)
+        for run in ("r2", "r3", "r4"):
+            os.kill(starts[run]["pid"], signal.SIGKILL)
+        pool.wait(timeout=60)
+    finally:
+        if pool.poll() is None:
+            pool.kill()
+            pool.wait()
+        for start in starts.values():
+            try:
+                os.kill(start["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        reader.join(timeout=10)
+    out = "".join(lines)
+    assert pool.returncode == 1, out
+    assert "run r1: error" in out and "supervisor killed by SIGTERM" in out
+    assert wait_gone([e["pid"] for e in starts.values()]) == []

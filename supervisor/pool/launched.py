@@ -6,14 +6,16 @@ it handles an exec'd one (`children.PopenChild`): it asks whether it exited,
 reaps it, signals it. The launcher does the signalling and the reaping, so a pid
 is never signalled after it was reaped. Should the launcher die, its
 supervisors get SIGTERM from the kernel (PR_SET_PDEATHSIG) and shut down as if
-cancelled; the pool counts each as ended by SIGTERM and starts later runs by
-exec.
+cancelled; the pool counts each as ended by SIGTERM once it is gone (a pidfd
+follows it: it is no child of the pool's), so its GPUs are held until then,
+and starts later runs by exec.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -41,23 +43,81 @@ class LaunchedChild:
         self._launcher = launcher
         self.pid = pid
         self.returncode: int | None = None
+        # Should the launcher die first, the supervisor is no child of ours nor
+        # of the launcher any more: a pidfd still says when it is gone, and
+        # never names a process that later took its pid.
+        self._pidfd = _pidfd(pid)
 
     def exited(self) -> bool:
         self._launcher.pump()
+        if self.returncode is None and self._launcher.gone:
+            self._orphan_gone(block=False)
         return self.returncode is not None
 
     def reap(self) -> int:
         """Its exit status (Popen's returncode), once the launcher has reaped it
         (after SIGKILLing what it left in its process group)."""
         while self.returncode is None:
-            self._launcher.pump(block=True)
+            if self._launcher.gone:
+                self._orphan_gone(block=True)
+            else:
+                self._launcher.pump(block=True)
+        self._close_pidfd()
         return self.returncode
 
     def signal(self, sig: int) -> None:
-        self._launcher.signal(self.pid, sig, group=False)
+        if self._launcher.gone:
+            self._signal_orphan(sig, group=False)
+        else:
+            self._launcher.signal(self.pid, sig, group=False)
 
     def kill_group(self) -> None:
-        self._launcher.signal(self.pid, signal.SIGKILL, group=True)
+        if self._launcher.gone:
+            self._signal_orphan(signal.SIGKILL, group=True)
+        else:
+            self._launcher.signal(self.pid, signal.SIGKILL, group=True)
+
+    def _orphan_gone(self, *, block: bool) -> None:
+        """After the launcher died (its supervisors got SIGTERM from the
+        kernel): ended by SIGTERM once the process is gone, so that its GPUs
+        go to another run only then."""
+        if self._pidfd is not None:
+            if not _readable(self._pidfd, None if block else 0):
+                return
+        self.returncode = -signal.SIGTERM
+        self._close_pidfd()
+
+    def _signal_orphan(self, sig: int, *, group: bool) -> None:
+        if self._pidfd is None or self.returncode is not None:
+            return
+        try:
+            if group and not _readable(self._pidfd, 0):
+                os.killpg(self.pid, sig)  # alive: its session (and group) id is still its own
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    """Whether `fd` is readable within `timeout` seconds (None: wait for it);
+    a pidfd is, once its process has exited."""
+    poller = select.poll()  # not select(): the pool may hold fds past FD_SETSIZE
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for `pid` (Linux 5.3+), else None: then a launcher's death
+    counts as its supervisors' end at once, as it did before pidfds."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 class Launcher:
@@ -167,11 +227,10 @@ class Launcher:
             self._lost()
 
     def _lost(self) -> None:
-        """The launcher died (or hangs): its supervisors got SIGTERM from the kernel."""
+        """The launcher died (or hangs, and is killed): its supervisors got
+        SIGTERM from the kernel, and each is over once it is gone."""
         self.gone = True
-        for child in self._children.values():
-            child.returncode = -signal.SIGTERM
-        self._children.clear()
+        self._children.clear()  # each is followed by its pidfd from now on (LaunchedChild)
         self._end()
 
     def close(self) -> None:
