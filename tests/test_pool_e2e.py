@@ -33,6 +33,10 @@ def test_runs_file_end_to_end_with_the_mock_agent(env: Any, backend: LocalBacken
     for rid, tok in runs:
         assert backend.run(rid)["state"] == "complete"
         assert tok not in result.stdout + result.stderr
+        # A forked supervisor leaves without tearing its interpreter down: what
+        # it printed last (buffered, not a terminal) still reaches its log.
+        last = (env.state(rid) / "pool-output.log").read_text().splitlines()[-1]
+        assert f"run {rid}: complete" in last
     assert "3 runs: 3 complete" in result.stdout + result.stderr
 
 

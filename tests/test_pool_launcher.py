@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from supervisor.local_backend import LocalBackend
+from supervisor.pool.launcher import exit_status
 from supervisor.pool.main import run_pool
 from supervisor.pool.proc_title import encode_title
 from supervisor.pool.runs_file import RunSpec
@@ -30,6 +31,16 @@ from tests.test_pool_loop import start_driver, started
 ])
 def test_a_command_line_is_laid_out_as_the_kernel_shows_it(argv: list[str], room: int, laid_out: bytes) -> None:
     assert encode_title(argv, room) == laid_out
+
+
+@pytest.mark.parametrize(("code", "status", "said"), [
+    (None, 0, ""), (0, 0, ""), (3, 3, ""), (256 + 7, 7, ""), (-1, 255, ""),
+    ("bad config", 1, "bad config\n"), (["x"], 1, "['x']\n"),
+])
+def test_a_forked_supervisor_exits_with_the_status_sys_exit_gives(
+        code: object, status: int, said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_status(code) == status
+    assert capsys.readouterr().err == said
 
 
 def test_fake_supervisors_are_the_launchers_children_and_exec_is_the_way_back(host: Host) -> None:

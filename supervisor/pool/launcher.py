@@ -31,6 +31,7 @@ The launcher exits when the pool's end of the socket closes.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import json
 import os
@@ -258,7 +259,39 @@ def main(argv: list[str]) -> None:
     sys.argv = [os.path.join(os.path.dirname(supervisor.__file__), "__main__.py"), *job.args]
     from supervisor.cli import main as supervisor_main
 
-    supervisor_main(job.args)
+    _exit_without_teardown(supervisor_main, job.args)
+
+
+def _exit_without_teardown(run: Callable[[list[str]], None], args: list[str]) -> None:
+    """Run a forked supervisor to its end, then leave as a forked multiprocessing
+    child does: atexit handlers run and the standard streams are flushed, but the
+    interpreter is not torn down. Tearing it down would deallocate every object
+    it inherited from the launcher, writing to (so copying) each page it still
+    shares with the launcher and the other runs: about a quarter of the
+    supervisor's CPU (benchmarks/README.md: Many runs on one host). An uncaught
+    exception other than SystemExit still ends it the ordinary way."""
+    try:
+        run(args)
+        code = 0
+    except SystemExit as exc:
+        code = exit_status(exc.code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def exit_status(code: object) -> int:
+    """The exit status the interpreter gives `sys.exit(code)`."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
