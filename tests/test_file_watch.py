@@ -12,7 +12,7 @@ from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
 from tests.faultkit import assert_all_delivered_once, wait_until
 from workers.common.wake import WakePipe
-from workers.file_watch import FAULT_ENV, watch_files
+from workers.file_watch import FAULT_ENV, follow_files, watch_files
 
 
 @pytest.mark.parametrize("fault", ["EMFILE", "ENOSPC"])
@@ -29,6 +29,57 @@ def test_exhausted_inotify_falls_back_to_polling(tmp_path: Path, monkeypatch: py
         wait_until(wake.clear, 10, "the polling observer to see the new file")
     finally:
         observer.stop()
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def test_followed_files_wake_the_loop_and_nothing_else_does(tmp_path: Path) -> None:
+    # inotify queues an event within the write itself: no waiting needed.
+    _append(tmp_path / "codex.out", b"")
+    changes = follow_files(tmp_path, {"codex.out", "bootstrap.jsonl"})
+    try:
+        assert not changes.changed()
+        _append(tmp_path / "outbox.jsonl", b"own output\n")
+        (tmp_path / "state.tmp").write_bytes(b"{}")
+        (tmp_path / "state.tmp").rename(tmp_path / "shipper.json")
+        assert not changes.changed()
+        for _ in range(3):
+            _append(tmp_path / "codex.out", b"a line\n")
+        assert changes.changed()
+        assert not changes.changed()
+        _append(tmp_path / "bootstrap.jsonl", b"{}\n")  # created after the start
+        assert changes.changed()
+        _append(tmp_path / "bootstrap.jsonl", b"{}\n")
+        _append(tmp_path / "outbox.jsonl", b"own output\n")
+        assert changes.changed()
+        _append(tmp_path / "outbox.jsonl", b"own output\n")
+        assert not changes.changed()
+        # Deleted, then there again: followed again.
+        (tmp_path / "codex.out").unlink()
+        changes.changed()
+        _append(tmp_path / "codex.out", b"a line\n")
+        assert changes.changed()
+        _append(tmp_path / "codex.out", b"a line\n")
+        assert changes.changed()
+    finally:
+        changes.close()
+
+
+@pytest.mark.parametrize("fault", ["EMFILE", "ENOSPC"])
+def test_followed_files_are_polled_without_inotify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    fault: str) -> None:
+    monkeypatch.setenv(FAULT_ENV, fault)
+    said: list[str] = []
+    changes = follow_files(tmp_path, {"codex.out"}, said.append)
+    try:
+        assert len(said) == 1 and "polling" in said[0]
+        _append(tmp_path / "codex.out", b"a line\n")
+        wait_until(changes.changed, 10, "the polling observer to see the new file")
+    finally:
+        changes.close()
 
 
 def test_a_run_without_inotify_delivers_everything_and_warns_once(env: Env, backend: LocalBackend) -> None:

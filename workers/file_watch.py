@@ -1,20 +1,30 @@
-"""Wake a worker when files it follows change, using watchdog (inotify on Linux)
-instead of polling — and polling when inotify has run out (each run holds two
-inotify instances; at the default limit of 128 a host running some 64 runs at
-once has none left)."""
+"""Wake a worker when files it follows change: inotify on Linux instead of
+polling — and polling when inotify has run out (each run holds two inotify
+instances; at the default limit of 128 a host running some 64 runs at once
+has none left).
+
+Two ways: `watch_files` (a watchdog observer whose threads poke a WakePipe;
+any platform, files that may be replaced) and `follow_files` (the
+log-shipper's append-only spool files: watchdog's inotify bindings read by the
+worker's own loop, no thread, the folder's other files unwatched)."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Protocol
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
+from watchdog.utils import UnsupportedLibcError
 
 from workers.common.spool import EntryLog
 from workers.common.wake import WakePipe
@@ -57,17 +67,171 @@ def watch_files(folder: Path, names: set[str], wake: WakePipe,
     """Start an observer on `folder` (not recursive) that pokes `wake` whenever
     one of `names` is created, written, moved or deleted there. When inotify
     is exhausted it polls instead, and says why through `on_fallback`."""
-    handler = _Poke(frozenset(names), wake)
     try:
-        return _start(_inotify(), handler, folder)
+        return _start(_inotify(), _Poke(frozenset(names), wake), folder)
     except OSError as exc:
         what = _EXHAUSTED.get(exc.errno or 0)
         if what is None:
             raise
+    return _polling(folder, names, wake, what, on_fallback)
+
+
+def _polling(folder: Path, names: set[str], wake: WakePipe, what: str,
+             on_fallback: Callable[[str], None] | None) -> BaseObserver:
     if on_fallback is not None:
         on_fallback(f"inotify has no {what} left (fs.inotify.max_user_{what}); watching files by polling "
                     f"every {POLL_INTERVAL:g} s instead")
-    return _start(PollingObserver(timeout=POLL_INTERVAL), handler, folder)
+    return _start(PollingObserver(timeout=POLL_INTERVAL), _Poke(frozenset(names), wake), folder)
+
+
+class FileChanges(Protocol):
+    """What a worker's loop waits on (`fileno`) and asks (`changed`)."""
+
+    def fileno(self) -> int: ...
+
+    def changed(self) -> bool:
+        """Whether a followed file changed since the last call (no wait)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _Watched:
+    """A watchdog observer poking a WakePipe (polling, or a platform without
+    inotify): the same face as `_Inotify`."""
+
+    def __init__(self, observer: BaseObserver, wake: WakePipe) -> None:
+        self._observer = observer
+        self._wake = wake
+
+    def fileno(self) -> int:
+        return self._wake.fileno()
+
+    def changed(self) -> bool:
+        return self._wake.clear()
+
+    def close(self) -> None:
+        self._observer.stop()
+        self._wake.close()
+
+
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
+_READ = 64 * 1024
+
+
+def _inotify_calls() -> ModuleType | None:
+    """watchdog's own ctypes bindings of inotify(7); None where libc has none."""
+    try:
+        from watchdog.observers import inotify_c
+    except (ImportError, OSError, UnsupportedLibcError):
+        return None
+    return inotify_c
+
+
+def _check(result: int) -> int:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
+
+
+class _Inotify:
+    """inotify read by the worker's own loop: no thread, and the kernel merges
+    the many writes of a burst into one event while the worker is busy. Only
+    the followed files are watched (IN_MODIFY), so the worker's own writes to
+    the folder never wake it; the folder itself only while a followed file is
+    still missing (to see it appear)."""
+
+    def __init__(self, folder: Path, names: frozenset[str], calls: ModuleType) -> None:
+        self._calls = calls
+        flags = calls.InotifyConstants
+        self._file_mask = flags.IN_MODIFY
+        self._folder_mask = flags.IN_CREATE | flags.IN_MOVED_TO | flags.IN_ONLYDIR
+        self._ignored, self._overflow = flags.IN_IGNORED, flags.IN_Q_OVERFLOW
+        fault = os.environ.get(FAULT_ENV, "")
+        if fault in ("EMFILE", "ENOSPC"):
+            code = getattr(errno, fault)
+            raise OSError(code, os.strerror(code))
+        self._fd = _check(calls.inotify_init())
+        os.set_blocking(self._fd, False)
+        os.set_inheritable(self._fd, False)
+        self._folder = folder
+        self._names = names
+        self._files: dict[int, str] = {}  # watch descriptor -> name
+        self._folder_wd: int | None = None
+        try:
+            self._arm()
+        except OSError:
+            os.close(self._fd)
+            raise
+
+    def _arm(self) -> None:
+        """Watch each followed file that exists; the folder while one does not."""
+        if self._folder_wd is None:
+            # First the folder, then the files: one created in between is seen.
+            self._folder_wd = _check(self._calls.inotify_add_watch(self._fd, os.fsencode(self._folder),
+                                                                   self._folder_mask))
+        for name in self._names - set(self._files.values()):
+            try:
+                wd = _check(self._calls.inotify_add_watch(self._fd, os.fsencode(self._folder / name),
+                                                          self._file_mask))
+            except FileNotFoundError:
+                continue
+            self._files[wd] = name
+        if len(self._files) == len(self._names):
+            self._calls.inotify_rm_watch(self._fd, self._folder_wd)
+            self._folder_wd = None
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def changed(self) -> bool:
+        seen = rearm = False
+        while True:  # until the queue is empty
+            try:
+                data = os.read(self._fd, _READ)
+            except BlockingIOError:
+                break
+            pos = 0
+            while pos < len(data):
+                wd, mask, _, size = _EVENT.unpack_from(data, pos)
+                name = data[pos + _EVENT.size:pos + _EVENT.size + size].rstrip(b"\0")
+                pos += _EVENT.size + size
+                if wd in self._files:
+                    seen = True
+                    if mask & self._ignored:
+                        del self._files[wd]  # deleted: wait for it to come back
+                        rearm = True
+                elif mask & self._overflow or (wd == self._folder_wd and os.fsdecode(name) in self._names):
+                    seen = rearm = True
+        if rearm:
+            try:
+                self._arm()
+            except OSError:
+                pass  # no watch left: the worker still reads its files every few seconds
+        return seen
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def follow_files(folder: Path, names: set[str],
+                 on_fallback: Callable[[str], None] | None = None) -> FileChanges:
+    """Follow `names` in `folder`: files only ever appended to, never
+    replaced (a deleted one is followed again once it is back). Polls when
+    inotify is exhausted, and says why through `on_fallback`."""
+    calls = _inotify_calls()
+    if calls is None:
+        wake = WakePipe()
+        return _Watched(watch_files(folder, names, wake, on_fallback), wake)
+    try:
+        return _Inotify(folder, frozenset(names), calls)
+    except OSError as exc:
+        what = _EXHAUSTED.get(exc.errno or 0)
+        if what is None:
+            raise
+    wake = WakePipe()
+    return _Watched(_polling(folder, names, wake, what, on_fallback), wake)
 
 
 def warn_once_per_run(state_dir: Path) -> Callable[[str], None]:

@@ -38,8 +38,7 @@ from workers.common.spool import (
     utc_now,
 )
 from workers.common.timing import Timing
-from workers.common.wake import WakePipe
-from workers.file_watch import warn_once_per_run, watch_files
+from workers.file_watch import FileChanges, follow_files, warn_once_per_run
 from workers.log_entries import (
     bootstrap_record,
     encode_codex_lines,
@@ -114,7 +113,7 @@ class Shipper:
         self.codex = LineTail(self.dir / CODEX_OUT, self.state.codex_offset)
         self.boot = LineTail(self.dir / BOOTSTRAP_LOG, self.state.boot_offset)
         self.backend = Backend(cfg.server, cfg.run_id, cfg.token, cfg.timing)
-        self.wake = WakePipe()
+        self.changes: FileChanges | None = None  # while run() follows the spool files
         self.drain_id: str | None = None
         self.stopping = False
         self._last_commit = 0.0
@@ -287,10 +286,10 @@ class Shipper:
         self._backend_fails(self.backend.last_answer)
         deadline = time.monotonic() + seconds
         while True:
-            self._handle(self.mb.wait(min(IDLE_WAIT, max(0.0, deadline - time.monotonic())), [self.wake]))
+            self._handle(self.mb.wait(min(IDLE_WAIT, max(0.0, deadline - time.monotonic())), self._followed()))
             if self.stopping:
                 return True
-            self.wake.clear()
+            self._spool_changed()
             self.encode_new()
             if time.monotonic() >= deadline:
                 return False
@@ -344,16 +343,22 @@ class Shipper:
                 case _:
                     unexpected(message, "the log-shipper")
 
+    def _followed(self) -> list[FileChanges]:
+        return [self.changes] if self.changes is not None else []
+
+    def _spool_changed(self) -> bool:
+        return self.changes is not None and self.changes.changed()
+
     def run(self) -> None:
-        observer = watch_files(self.dir, {CODEX_OUT, BOOTSTRAP_LOG}, self.wake, warn_once_per_run(self.dir))
+        changes = self.changes = follow_files(self.dir, {CODEX_OUT, BOOTSTRAP_LOG}, warn_once_per_run(self.dir))
         look = True  # read the spool files on the next turn
         try:
             while not self.stopping:
                 self.mb.tick()
-                # Reading the files only when watchdog says they changed keeps
+                # Reading the files only when inotify says they changed keeps
                 # the delivery loop free of needless syscalls. (Encoding may
                 # deliver too, when the disk is full.)
-                encoded = self._guarded(self.encode_new) if self.wake.clear() or look else False
+                encoded = self._guarded(self.encode_new) if self._spool_changed() or look else False
                 look = encoded  # more may be waiting than one step took
                 if self.state.pending and self.refused is None:
                     self._guarded(self.deliver_burst)
@@ -365,11 +370,12 @@ class Shipper:
                     self.mb.put(Drained(self.drain_id, self.state.delivered, left=self.state.pending))
                     self.drain_id = None
                 if not encoded:
-                    self._handle(self.mb.wait(IDLE_WAIT, [self.wake]))
+                    self._handle(self.mb.wait(IDLE_WAIT, self._followed()))
                     look = True
         finally:
             self.state.save(self.dir)
-            observer.stop()
+            self.changes = None
+            changes.close()
 
     def _guarded(self, step: Callable[[], Any]) -> Any:
         """Run one step of the loop; a stop while a delivery was retrying ends
