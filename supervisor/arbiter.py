@@ -103,16 +103,30 @@ class Arbiter:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
-        for slot in self.slots.values():
-            self._spawn(slot)
+        self._spawn_all(list(self.slots.values()))
 
     def add(self, specs: Iterable[WorkerSpec]) -> None:
         """Start more workers, supervised like the first ones."""
+        slots = []
         for spec in specs:
             slot = self.slots[spec.name] = _Slot(spec)
-            self._spawn(slot)
+            slots.append(slot)
+        self._spawn_all(slots)
+
+    def _spawn_all(self, slots: list[_Slot]) -> None:
+        # Everything the children inherit is made first, then they are forked
+        # one right after the other: after each fork the supervisor's pages
+        # are shared again, and every page it writes before the next fork is
+        # copied once more (benchmarks/README.md: Many runs on one host).
+        made = [(slot, self._make(slot)) for slot in slots]
+        for slot, (channels, proc) in made:
+            self._launch(slot, channels, proc)
+        self._publish_pids()
 
     def _spawn(self, slot: _Slot) -> None:
+        self._spawn_all([slot])
+
+    def _make(self, slot: _Slot) -> tuple[Channels, Any]:
         channels = Channels(
             name=slot.spec.name,
             commands=self.mp.SimpleQueue(),
@@ -129,13 +143,15 @@ class Arbiter:
             name=f"flywheel-{slot.spec.name}",
             daemon=True,
         )
+        return channels, proc
+
+    def _launch(self, slot: _Slot, channels: Channels, proc: Any) -> None:
         proc.start()
         slot.process, slot.channels = proc, channels
         slot.started_at = time.monotonic()
         slot.restart_at = None
         for message in slot.sticky:
             channels.commands.put(message)
-        self._publish_pids()
 
     def _publish_pids(self) -> None:
         """workers.json in the state folder: which pid is which worker, for a
