@@ -18,12 +18,9 @@ It is deliberately self-contained (stdlib only) and separate from the richer
 
 from __future__ import annotations
 
-# `signal` would import `enum`, and `json` both `re` and `enum`: together more
-# than half of this short-lived process's start (it runs once per mock run).
-# `_signal` is the C module `signal` wraps (no stub); `to_json` writes what
-# `json.dumps` would for the plain values the events hold.
-import _signal  # type: ignore[import-not-found]
+import json
 import os
+import signal
 import sys
 import time
 
@@ -143,44 +140,8 @@ def task_line(prompt: str) -> str:
     return next((ln.strip() for ln in lines if ln.strip()), "")
 
 
-_ESCAPES = {
-    **{code: f"\\u{code:04x}" for code in range(32)},
-    ord("\b"): "\\b", ord("\f"): "\\f", ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
-    ord('"'): '\\"', ord("\\"): "\\\\",
-}
-
-
-def _escape_non_ascii(char: str) -> str:
-    code = ord(char)
-    if code < 127:
-        return char
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    code -= 0x10000  # as a UTF-16 surrogate pair
-    return f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}"
-
-
-def to_json(value: object) -> str:
-    """Compact JSON of dicts, lists, strings, numbers, booleans and None,
-    exactly as `json.dumps(value, separators=(",", ":"))` writes it (ASCII)."""
-    if isinstance(value, str):
-        text = value.translate(_ESCAPES)
-        if not text.isascii() or "\x7f" in text:
-            text = "".join(map(_escape_non_ascii, text))
-        return f'"{text}"'
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{to_json(str(k))}:{to_json(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(to_json(v) for v in value) + "]"
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
 def _emit(event: dict[str, object]) -> None:
-    sys.stdout.write(to_json(event) + "\n")
+    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
     sys.stdout.flush()
     time.sleep(_PAUSE)
 
@@ -249,7 +210,7 @@ def run(invocation: Invocation, prompt: str) -> int:
     )
     _write_atomic(workspace, REPORT, report)
     manifest = [{"artifact_type": "text", "payload": {"path": REPORT, "title": "Mock agent report"}}]
-    _write_atomic(workspace, MANIFEST, to_json(manifest) + "\n")
+    _write_atomic(workspace, MANIFEST, json.dumps(manifest, indent=2) + "\n")
     _emit({"type": "item.completed", "item": {"id": "item_2", "type": "file_change", "status": "completed",
            "changes": [{"path": REPORT, "kind": "add"}, {"path": MANIFEST, "kind": "add"}]}})
     _emit({"type": "item.completed", "item": {"id": "item_3", "type": "agent_message",
@@ -264,8 +225,8 @@ def _on_signal(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    _signal.signal(_signal.SIGTERM, _on_signal)
-    _signal.signal(_signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     args = sys.argv[1:] if argv is None else argv
     if args[:1] in (["--version"], ["-V"]):
         print(f"codex-cli {VERSION} (flywheel-bootstrap mock agent)")

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from supervisor import mock_agent
 from tests.faultkit import alive, shape_pids, wait_until
 from workers.common.redact import Redactor
 from workers.log_entries import codex_entry, encode_entry, thread_id_of, token_usage
@@ -536,19 +535,6 @@ def test_mock_agent_run_and_resume(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert events(again.stdout)[0] == {"type": "thread.started", "thread_id": thread}
     assert (ws / "flywheel_artifacts.json").exists()
-
-
-@pytest.mark.parametrize("value", [
-    {"type": "item.completed", "item": {"id": "item_1", "exit_code": None, "ok": True, "no": False, "n": -3,
-                                        "loss": 0.125, "changes": [{"path": "a", "kind": "add"}], "empty": {}}},
-    'quote " backslash \\ newline \n tab \t bell \x07 delete \x7f',
-    "é 中文 \u2028 \U0001F600",  # non-ASCII, and a character beyond the BMP
-    "not UTF-8: \udcff",  # a file name that is not UTF-8, as os.listdir gives it
-    [], "", 10**20, ("a", 1),
-])
-def test_the_mock_agent_writes_json_as_the_json_module_does(value: object) -> None:
-    """Its own writer (importing `json` was a third of its start)."""
-    assert mock_agent.to_json(value) == json.dumps(value, separators=(",", ":"))
 
 
 def test_mock_agent_rejects_cd_after_resume(tmp_path: Path) -> None:
