@@ -38,11 +38,12 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _import_the_run() -> None:
-    """The modules of the rest of a run (the HTTP stack, the supervisor, the
-    heartbeat), imported while `codex login status` runs: Codex's first line
-    waits for both."""
-    import supervisor.run  # noqa: F401
+def _import_before_the_fetch() -> None:
+    """The modules of the fetch (the HTTP stack) and of the heartbeat worker,
+    imported while `codex login status` runs: Codex's first line waits for
+    both. The rest of the supervisor is imported once the run is claimed,
+    while its cgroup is probed (`run_single`)."""
+    import workers.heartbeat  # noqa: F401
 
 
 def run_single(run_id: str, token: str, config: Path, server: str, timing: Timing, follow: bool = False) -> int:
@@ -52,11 +53,10 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
         run_id=run_id, token=token, config_path=config, server=server, timing=timing,
         home=flywheel_home(), mock=bool(os.environ.get("BOOTSTRAP_MOCK_CODEX")),
     )
-    prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"), meanwhile=_import_the_run)
-    from supervisor.run import supervise
+    prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"), meanwhile=_import_before_the_fetch)
     from supervisor.signals import Aborted, Interrupts
     from workers.common.backend_client import Backend
-    from workers.run_processes import sweep_left_processes
+    from workers.run_processes import begin_run, sweep_left_processes
 
     sweep_left_processes(prep.state_dir.parent, say)
     def retrying(why: str, attempt: int) -> None:
@@ -88,14 +88,20 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
             f"flywheel-bootstrap logs {run_id}")
         _mention_leftover_spool(prep.state_dir)
         return EXIT_OK
+    # Claimed. The first move into the run's cgroup waits 5-15 ms in the kernel
+    # (workers.run_processes.OpeningRun): its probe waits while the rest of the
+    # supervisor is imported.
+    opening = begin_run(run_id, prep.env)
+    from supervisor.run import supervise
+
     if not follow:
-        return supervise(prep, payload, say, interrupts)
+        return supervise(prep, payload, say, interrupts, opening)
     # A process of its own, not a thread: the supervisor forks its workers, and a
     # thread holding stderr's lock at that moment would hang them.
     follower = subprocess.Popen([sys.executable, "-m", "supervisor", "logs", run_id, "-f", "--while-stdin-open"],
                                 stdin=subprocess.PIPE, stdout=sys.stderr)
     try:
-        return supervise(prep, payload, say, interrupts)
+        return supervise(prep, payload, say, interrupts, opening)
     finally:
         assert follower.stdin is not None
         follower.stdin.close()  # tells it to print what is left and stop

@@ -73,7 +73,7 @@ from workers.messages import (
     RunCannotGoOn,
     unexpected,
 )
-from workers.run_processes import RunProcesses, Usage, open_run
+from workers.run_processes import OpeningRun, RunProcesses, Usage, begin_run
 
 AnswerT = TypeVar("AnswerT", ArtifactsPosted, Drained)
 
@@ -92,7 +92,7 @@ class RunSupervisor:
     """One claimed run, from its payload to its terminal report (see `run`)."""
 
     def __init__(self, prep: Prepared, payload: dict[str, Any], echo: Callable[[str], None],
-                 interrupts: Interrupts | None = None) -> None:
+                 interrupts: Interrupts | None = None, opening: OpeningRun | None = None) -> None:
         self.prep = prep
         self.payload = payload
         self.echo = echo
@@ -107,6 +107,9 @@ class RunSupervisor:
         self.interrupts = interrupts or Interrupts()
         self._arbiter: Arbiter | None = None  # started by _start
         self.mp = multiprocess.get_context("fork")
+        # The run's cgroup, begun by the command line right after the fetch (see
+        # cli.run_single); finished by _open_processes.
+        self._opening = opening
         self.procs: RunProcesses | None = None
         self.usage = Usage()
         self.env = codex_env(prep, payload)
@@ -351,7 +354,8 @@ class RunSupervisor:
     def _open_processes(self) -> None:
         """The run's containment, said once (stderr and a log entry), and kept
         in the state folder for the pool and for a later bootstrap's sweep."""
-        self.procs = open_run(self.prep.settings.run_id, self.prep.env)
+        opening, self._opening = self._opening or begin_run(self.prep.settings.run_id, self.prep.env), None
+        self.procs = opening.finish()
         self.procs.save(self.state)
         line = self.procs.describe()
         self.echo(f"run {self.prep.settings.run_id}: {line}")
@@ -768,6 +772,6 @@ class RunSupervisor:
 
 
 def supervise(prep: Prepared, payload: dict[str, Any], echo: Callable[[str], None] | None = None,
-              interrupts: Interrupts | None = None) -> int:
+              interrupts: Interrupts | None = None, opening: OpeningRun | None = None) -> int:
     say = echo or (lambda line: print(f"flywheel-bootstrap: {line}", file=sys.stderr, flush=True))
-    return RunSupervisor(prep, payload, say, interrupts).run()
+    return RunSupervisor(prep, payload, say, interrupts, opening).run()

@@ -45,6 +45,8 @@ _POLL = 0.005
 # execve takes microseconds; a loaded machine can stretch it to a few ms.
 _EXEC_WAIT = 1.0
 _EXEC_POLL = 0.001
+# A move into a cgroup takes up to a few tens of ms (an RCU grace period).
+_PROBE_WAIT = 10.0
 
 
 # -- pure decisions over kernel text ------------------------------------------
@@ -564,15 +566,18 @@ def _own_memory_v1() -> Path | None:
 
 def make_cgroup(name: str) -> Path | None:
     """Create the run's cgroup below our own; None where that is impossible."""
-    return _make_below(_own_v2(), name)
+    return _enterable(_probing(_make_dir(_own_v2(), name)))
 
 
-def make_memory_v1(name: str) -> Path | None:
-    """On a hybrid host, a v1 memory cgroup below our own, for peak memory."""
-    return _make_below(_own_memory_v1(), name)
+@dataclass(frozen=True)
+class _Made:
+    """A cgroup just made, and the throwaway process trying to enter it."""
+
+    path: Path
+    probe: subprocess.Popen[bytes] | None  # None when it could not be started
 
 
-def _make_below(parent: Path | None, name: str) -> Path | None:
+def _make_dir(parent: Path | None, name: str) -> Path | None:
     if parent is None:
         return None
     path = parent / name
@@ -582,48 +587,94 @@ def _make_below(parent: Path | None, name: str) -> Path | None:
         pass
     except OSError:
         return None
-    if not _can_enter(path):
-        _remove_tree(path)
-        return None
     return path
 
 
-def _can_enter(path: Path) -> bool:
-    """Whether a process of ours may move into `path`: that takes write access
-    to the common ancestor's cgroup.procs too (delegation), so try it for real
-    with a throwaway child."""
+def _probing(path: Path | None) -> _Made | None:
+    return None if path is None else _Made(path, _start_probe(path))
+
+
+def _enterable(made: _Made | None) -> Path | None:
+    """The cgroup once its probe got in; else it is removed: None."""
+    if made is None:
+        return None
+    if made.probe is None or not _probe_passed(made.probe):
+        _remove_tree(made.path)
+        return None
+    return made.path
+
+
+# The shell itself is the process that moves: "0" is the writer.
+_ENTER = 'echo 0 > "$1"'
+
+
+def _start_probe(path: Path) -> subprocess.Popen[bytes] | None:
+    """Whether a process of ours may move into `path` takes write access to the
+    common ancestor's cgroup.procs too (delegation), so a throwaway process
+    tries it for real. /bin/sh (as `shell=True` runs), not a fork of ours: it
+    waits in the kernel while we work on, and a fork alive meanwhile would
+    have every page we write to copied."""
     try:
-        fd = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        return subprocess.Popen(["/bin/sh", "-c", _ENTER, "probe", str(path / "cgroup.procs")], env={},
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
-        return False
+        return None
+
+
+def _probe_passed(probe: subprocess.Popen[bytes]) -> bool:
     try:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.write(fd, b"0")
-                os._exit(0)
-            except OSError:
-                os._exit(1)
-        _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status) == 0
-    except OSError:
+        return probe.wait(timeout=_PROBE_WAIT) == 0
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.wait()
         return False
-    finally:
-        os.close(fd)
+
+
+@dataclass(frozen=True)
+class OpeningRun:
+    """`open_run` in two halves (`begin_run`, then `finish` once), for a caller
+    with work to do meanwhile. The first move into a cgroup after a quiet spell
+    waits in the kernel for an RCU grace period (5-15 ms; benchmarks/README.md,
+    item 2), which the probes wait out while the caller works. Finish
+    soon: a move within ~20 ms of the one before is cheap, so Codex's own
+    placement costs nothing then; much later it waits again."""
+
+    name: str
+    owner: int
+    v2: _Made | None
+    v1: _Made | None
+
+    def finish(self) -> RunProcesses:
+        cgroup = _enterable(self.v2)
+        memory = _enterable(self.v1)
+        if cgroup is None:
+            _set_child_subreaper()
+            if memory is not None:
+                _remove_tree(memory)
+                memory = None
+        return RunProcesses(marker=self.name, cgroup=cgroup, owner=self.owner,
+                            owner_start=process_start(self.owner), memory_v1=memory)
+
+
+def begin_run(run_id: str, env: Mapping[str, str]) -> OpeningRun:
+    """Make the run's cgroup (unless ENGINE_VAR says "marker") and start
+    probing it; `finish` says what the run got."""
+    pid = os.getpid()
+    name = cgroup_name(run_id, pid)
+    v2 = None if env.get(ENGINE_VAR) == "marker" else _make_dir(_own_v2(), name)
+    # Peak memory: v2's memory.peak needs the memory controller enabled for us;
+    # where it is a v1 controller instead, a v1 memory cgroup measures it (kept
+    # only if v2's probe passes).
+    v1 = _make_dir(_own_memory_v1(), name) if v2 is not None and not (v2 / "memory.peak").exists() else None
+    # Both probes start once both folders exist: a move holds the kernel's
+    # cgroup lock through its grace period, and a mkdir would wait for it.
+    return OpeningRun(name, pid, _probing(v2), _probing(v1))
 
 
 def open_run(run_id: str, env: Mapping[str, str]) -> RunProcesses:
     """The containment for a run this process supervises: its own cgroup where
     one can be made (unless ENGINE_VAR says "marker"), else the fallback."""
-    pid = os.getpid()
-    name = cgroup_name(run_id, pid)
-    cgroup = None if env.get(ENGINE_VAR) == "marker" else make_cgroup(name)
-    if cgroup is None:
-        _set_child_subreaper()
-    # Peak memory: v2's memory.peak needs the memory controller enabled for us;
-    # where it is a v1 controller instead, a v1 memory cgroup measures it.
-    memory = make_memory_v1(name) if cgroup is not None and not (cgroup / "memory.peak").exists() else None
-    return RunProcesses(marker=name, cgroup=cgroup, owner=pid, owner_start=process_start(pid), memory_v1=memory)
+    return begin_run(run_id, env).finish()
 
 
 def containment_in_force(env: Mapping[str, str]) -> str:
