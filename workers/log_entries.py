@@ -365,9 +365,6 @@ def encode_codex_line(created_at: str, line: bytes, redactor: Redactor, seq: int
         return encode_entry(created_at, entry, seq), entry
 
 
-_NO_SECRETS = Redactor()
-
-
 def encode_codex_lines(out: bytearray, created_at: str, lines: Sequence[bytes], redactor: Redactor,
                        first_seq: int, tokens: tuple[int, int] = (0, 0),
                        dropped: Mapping[int, int] | None = None) -> tuple[int, int]:
@@ -384,17 +381,23 @@ def encode_codex_lines(out: bytearray, created_at: str, lines: Sequence[bytes], 
     keeping one bytes object per entry alive costs more than encoding it
     (orjson allocates each with room to spare, then shrinks it)."""
     loads, dumps, options = orjson.loads, orjson.dumps, _DUMP_OPTIONS | orjson.OPT_APPEND_NEWLINE
-    # One look at all the lines for a secret: nearly always none can hold one,
-    # and then no line needs a look of its own.
-    secret_check = redactor if redactor.might_be_in_json(b"\n".join(lines)) else _NO_SECRETS
+    # One look at all the lines for a secret and for NUL bytes: nearly always
+    # there is none, and then no line needs a look of its own.
+    joined = b"\n".join(lines)
+    secret_check = redactor if redactor.might_be_in_json(joined) else None
+    any_nul = b"\x00" in joined
+    del joined
     seq = first_seq
     for i, line in enumerate(lines):
         if (
             line[:1] == b"{"  # else not JSON, or JSON after blanks: the general path strips them
             and line[-1:] != b"\r"
-            and b"\x00" not in line
+            and not (any_nul and b"\x00" in line)
             and not (dropped and i in dropped)
-            and not needs_capping(line, secret_check)
+            # needs_capping(line, redactor), in line: a call per line costs more than its checks
+            and len(line) <= EVENT_STRING_MAX_CHARS
+            and line.count(b"{") + line.count(b"[") < EVENT_MAX_DEPTH
+            and not (secret_check and secret_check.might_be_in_json(line))
         ):
             try:
                 event = loads(line)
