@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, asdict
 from pathlib import Path
 
 import orjson
@@ -71,6 +71,15 @@ def test_shipper_state_roundtrip_and_corrupt_file(tmp_path: Path) -> None:
     (tmp_path / "shipper.json").write_bytes(b"{torn")
     assert ShipperState.load(tmp_path) == ShipperState()
     assert not list((tmp_path / ".tmp").iterdir())
+
+
+def test_shipper_state_file_keeps_its_format(tmp_path: Path) -> None:
+    # A restarted worker of another version reads what this one wrote: every
+    # field, in declaration order, as dataclasses.asdict gave them.
+    state = ShipperState(codex_offset=10, next_seq=7, outbox_size=99, last_event_at="2026-01-01T00:00:00.000Z")
+    state = state.evolve(backend_down_since=1.5, backend_trouble="HTTP 503", delivered=3)
+    state.save(tmp_path)
+    assert (tmp_path / "shipper.json").read_bytes() == orjson.dumps(asdict(state))
 
 
 def test_shipper_state_evolve_changes_only_what_it_names() -> None:

@@ -117,6 +117,7 @@ class Shipper:
         self.drain_id: str | None = None
         self.stopping = False
         self._last_commit = 0.0
+        self._saved: ShipperState | None = None  # the state last written to shipper.json
         self._refusals: set[str] = set()
         self.refused: str | None = None  # why delivery stopped for good
         self.disk_full = False  # the outbox could not grow: deliver from memory
@@ -198,7 +199,7 @@ class Shipper:
             input_tokens=tokens[0],
             output_tokens=tokens[1],
         )
-        self.state.save(self.dir)
+        self._commit()
         return True
 
     def _spool_full(self, exc: OSError, out: list[bytes]) -> bool:
@@ -241,8 +242,15 @@ class Shipper:
         self.state = self.state.evolve(delivered_offset=end, delivered=self.state.delivered + len(lines))
         now = time.monotonic()
         if now - self._last_commit >= COMMIT_EVERY or not self.state.pending:
-            self.state.save(self.dir)
+            self._commit()
             self._last_commit = now
+
+    def _commit(self) -> None:
+        """Save the state (shipper.json), unless it is the one saved last:
+        a drain answered or a stop right after a delivery has nothing new."""
+        if self.state is not self._saved:
+            self.state.save(self.dir)
+            self._saved = self.state
 
     def _send(self, lines: list[bytes]) -> None:
         if len(lines) == 1:
@@ -306,7 +314,7 @@ class Shipper:
             self._log(f"the backend still does not answer, now: {why}")
         else:
             return
-        self.state.save(self.dir)
+        self._commit()
 
     def _backend_answers(self) -> None:
         since = self.state.backend_down_since
@@ -314,7 +322,7 @@ class Shipper:
             return
         outage = max(0.0, time.time() - since)
         self.state = self.state.evolve(backend_down_since=None, backend_trouble="", last_outage_s=outage)
-        self.state.save(self.dir)
+        self._commit()
         self._log(f"the backend answers again after {outage:.1f} s")
 
     @staticmethod
@@ -366,14 +374,14 @@ class Shipper:
                 if self.drain_id is not None:
                     if self._guarded(self.encode_new):
                         continue
-                    self.state.save(self.dir)
+                    self._commit()
                     self.mb.put(Drained(self.drain_id, self.state.delivered, left=self.state.pending))
                     self.drain_id = None
                 if not encoded:
                     self._handle(self.mb.wait(IDLE_WAIT, self._followed()))
                     look = True
         finally:
-            self.state.save(self.dir)
+            self._commit()
             self.changes = None
             changes.close()
 
@@ -388,7 +396,7 @@ class Shipper:
             # Said once to the supervisor, which ends the run; what is left
             # stays spooled, and drains are answered at once.
             self.refused = str(why)
-            self.state.save(self.dir)
+            self._commit()
             self.mb.put(RunCannotGoOn(self.refused))
         return False
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from itertools import accumulate
 from pathlib import Path
@@ -308,7 +308,8 @@ class ShipperState:
 
     def save(self, state_dir: Path) -> None:
         path = state_dir / SHIPPER_STATE
-        data = orjson.dumps(asdict(self))
+        # Not dataclasses.asdict: it deep-copies every field; these are all plain values.
+        data = orjson.dumps({name: getattr(self, name) for name in _FIELD_NAMES})
         try:
             write_private(path, data)
         except OSError as exc:
@@ -339,7 +340,8 @@ class ShipperState:
         return self.delivered_offset < self.outbox_size
 
 
-_STATE_FIELDS = frozenset(f.name for f in fields(ShipperState))
+_FIELD_NAMES = tuple(f.name for f in fields(ShipperState))  # in the order shipper.json has always had
+_STATE_FIELDS = frozenset(_FIELD_NAMES)
 
 
 class OutboxReader:
