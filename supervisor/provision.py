@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import hashlib
 import os
 import platform
 import re
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +226,11 @@ def _extract_member(archive: Path, member: str, folder: Path) -> Path:
     Never `extract()`: member paths and links in a downloaded archive are not
     trusted, and nothing but this one file is wanted.
     """
+    # Here, not at the top: only a download needs them, and every start imports this module.
+    import gzip
+    import tarfile
+    import zlib
+
     try:
         with tarfile.open(archive, "r:gz") as tar:
             info = None
