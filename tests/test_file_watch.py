@@ -12,7 +12,7 @@ from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
 from tests.faultkit import assert_all_delivered_once, wait_until
 from workers.common.wake import WakePipe
-from workers.file_watch import FAULT_ENV, follow_files, watch_files
+from workers.file_watch import FAULT_ENV, follow_files, watch_files, watch_names
 
 
 @pytest.mark.parametrize("fault", ["EMFILE", "ENOSPC"])
@@ -93,3 +93,45 @@ def test_a_run_without_inotify_delivers_everything_and_warns_once(env: Env, back
     warnings = [e for e in entries if "watching files by polling" in e["message"]]
     assert len(warnings) == 1 and warnings[0]["level"] == "warning", [e["message"] for e in warnings]
     assert "Traceback" not in result.stderr
+
+
+def test_watched_names_are_seen_written_replaced_and_deleted(tmp_path: Path) -> None:
+    """The artifact-watcher's manifest: written in place or replaced (written
+    aside, renamed over); the folder's other files are not reported."""
+    manifest = tmp_path / "flywheel_artifacts.json"
+    changes = watch_names(tmp_path, {manifest.name})
+    try:
+        assert not changes.changed()
+        (tmp_path / "train.log").write_text("epoch 1\n")
+        (tmp_path / "other.tmp").write_text("{}")
+        (tmp_path / "other.tmp").rename(tmp_path / "other.json")
+        assert not changes.changed()
+        manifest.write_text("[")  # created
+        assert changes.changed()
+        assert not changes.changed()
+        with open(manifest, "a") as f:  # written in place
+            f.write("]")
+        assert changes.changed()
+        (tmp_path / "manifest.tmp").write_text("[]")
+        (tmp_path / "manifest.tmp").rename(manifest)  # replaced
+        assert changes.changed()
+        manifest.unlink()
+        assert changes.changed()
+        manifest.write_text("[]")  # there again
+        assert changes.changed()
+    finally:
+        changes.close()
+
+
+@pytest.mark.parametrize("fault", ["EMFILE", "ENOSPC"])
+def test_watched_names_are_polled_without_inotify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  fault: str) -> None:
+    monkeypatch.setenv(FAULT_ENV, fault)
+    said: list[str] = []
+    changes = watch_names(tmp_path, {"flywheel_artifacts.json"}, said.append)
+    try:
+        assert len(said) == 1 and "polling" in said[0]
+        (tmp_path / "flywheel_artifacts.json").write_text("[]")
+        wait_until(changes.changed, 10, "the polling observer to see the new file")
+    finally:
+        changes.close()

@@ -3,10 +3,12 @@ polling — and polling when inotify has run out (each run holds two inotify
 instances; at the default limit of 128 a host running some 64 runs at once
 has none left).
 
-Two ways: `watch_files` (a watchdog observer whose threads poke a WakePipe;
-any platform, files that may be replaced) and `follow_files` (the
-log-shipper's append-only spool files: watchdog's inotify bindings read by the
-worker's own loop, no thread, the folder's other files unwatched)."""
+Three ways: `watch_files` (a watchdog observer whose threads poke a WakePipe;
+any platform, files that may be replaced), `follow_files` (the log-shipper's
+append-only spool files: watchdog's inotify bindings read by the worker's own
+loop, no thread, the folder's other files unwatched) and `watch_names` (the
+artifact-watcher's manifest, which may be replaced: the folder's inotify read
+by the worker's own loop, no thread)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import errno
 import os
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol
@@ -135,6 +137,33 @@ def _check(result: int) -> int:
     return result
 
 
+def _events(fd: int) -> Iterator[tuple[int, int, bytes]]:
+    """(watch descriptor, mask, name) of each event queued on inotify `fd`,
+    until none is left."""
+    while True:
+        try:
+            data = os.read(fd, _READ)
+        except BlockingIOError:
+            return
+        pos = 0
+        while pos < len(data):
+            wd, mask, _, size = _EVENT.unpack_from(data, pos)
+            yield wd, mask, data[pos + _EVENT.size:pos + _EVENT.size + size].rstrip(b"\0")
+            pos += _EVENT.size + size
+
+
+def _open_inotify(calls: ModuleType) -> int:
+    """A non-blocking inotify fd, not inherited by children."""
+    fault = os.environ.get(FAULT_ENV, "")
+    if fault in ("EMFILE", "ENOSPC"):
+        code = getattr(errno, fault)
+        raise OSError(code, os.strerror(code))
+    fd = _check(calls.inotify_init())
+    os.set_blocking(fd, False)
+    os.set_inheritable(fd, False)
+    return fd
+
+
 class _Inotify:
     """inotify read by the worker's own loop: no thread, and the kernel merges
     the many writes of a burst into one event while the worker is busy. Only
@@ -148,13 +177,7 @@ class _Inotify:
         self._file_mask = flags.IN_MODIFY
         self._folder_mask = flags.IN_CREATE | flags.IN_MOVED_TO | flags.IN_ONLYDIR
         self._ignored, self._overflow = flags.IN_IGNORED, flags.IN_Q_OVERFLOW
-        fault = os.environ.get(FAULT_ENV, "")
-        if fault in ("EMFILE", "ENOSPC"):
-            code = getattr(errno, fault)
-            raise OSError(code, os.strerror(code))
-        self._fd = _check(calls.inotify_init())
-        os.set_blocking(self._fd, False)
-        os.set_inheritable(self._fd, False)
+        self._fd = _open_inotify(calls)
         self._folder = folder
         self._names = names
         self._files: dict[int, str] = {}  # watch descriptor -> name
@@ -187,23 +210,14 @@ class _Inotify:
 
     def changed(self) -> bool:
         seen = rearm = False
-        while True:  # until the queue is empty
-            try:
-                data = os.read(self._fd, _READ)
-            except BlockingIOError:
-                break
-            pos = 0
-            while pos < len(data):
-                wd, mask, _, size = _EVENT.unpack_from(data, pos)
-                name = data[pos + _EVENT.size:pos + _EVENT.size + size].rstrip(b"\0")
-                pos += _EVENT.size + size
-                if wd in self._files:
-                    seen = True
-                    if mask & self._ignored:
-                        del self._files[wd]  # deleted: wait for it to come back
-                        rearm = True
-                elif mask & self._overflow or (wd == self._folder_wd and os.fsdecode(name) in self._names):
-                    seen = rearm = True
+        for wd, mask, name in _events(self._fd):
+            if wd in self._files:
+                seen = True
+                if mask & self._ignored:
+                    del self._files[wd]  # deleted: wait for it to come back
+                    rearm = True
+            elif mask & self._overflow or (wd == self._folder_wd and os.fsdecode(name) in self._names):
+                seen = rearm = True
         if rearm:
             try:
                 self._arm()
@@ -215,23 +229,70 @@ class _Inotify:
         os.close(self._fd)
 
 
-def follow_files(folder: Path, names: set[str],
-                 on_fallback: Callable[[str], None] | None = None) -> FileChanges:
-    """Follow `names` in `folder`: files only ever appended to, never
-    replaced (a deleted one is followed again once it is back). Polls when
-    inotify is exhausted, and says why through `on_fallback`."""
+class _NamesInFolder:
+    """inotify on a folder, read by the worker's own loop (no thread): says
+    when one of `names` was created, written, closed, moved in or out, or
+    deleted there, so a file that is replaced (written aside, renamed over)
+    is seen too. The folder's other files wake the loop but are not reported."""
+
+    def __init__(self, folder: Path, names: frozenset[str], calls: ModuleType) -> None:
+        flags = calls.InotifyConstants
+        mask = (flags.IN_CREATE | flags.IN_MODIFY | flags.IN_CLOSE_WRITE | flags.IN_MOVED_TO
+                | flags.IN_MOVED_FROM | flags.IN_DELETE | flags.IN_ONLYDIR)
+        self._overflow = flags.IN_Q_OVERFLOW
+        self._names = {os.fsencode(name) for name in names}
+        self._fd = _open_inotify(calls)
+        try:
+            _check(calls.inotify_add_watch(self._fd, os.fsencode(folder), mask))
+        except OSError:
+            os.close(self._fd)
+            raise
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def changed(self) -> bool:
+        seen = False
+        for _, mask, name in _events(self._fd):
+            seen = seen or name in self._names or bool(mask & self._overflow)
+        return seen
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _in_loop(make: Callable[[frozenset[str], ModuleType], FileChanges], folder: Path, names: set[str],
+             on_fallback: Callable[[str], None] | None) -> FileChanges:
+    """`make(names, inotify calls)`, else a watchdog observer: where libc has
+    no inotify, or polling when inotify is exhausted (said through `on_fallback`)."""
     calls = _inotify_calls()
     if calls is None:
         wake = WakePipe()
         return _Watched(watch_files(folder, names, wake, on_fallback), wake)
     try:
-        return _Inotify(folder, frozenset(names), calls)
+        return make(frozenset(names), calls)
     except OSError as exc:
         what = _EXHAUSTED.get(exc.errno or 0)
         if what is None:
             raise
     wake = WakePipe()
     return _Watched(_polling(folder, names, wake, what, on_fallback), wake)
+
+
+def follow_files(folder: Path, names: set[str],
+                 on_fallback: Callable[[str], None] | None = None) -> FileChanges:
+    """Follow `names` in `folder`: files only ever appended to, never
+    replaced (a deleted one is followed again once it is back). Polls when
+    inotify is exhausted, and says why through `on_fallback`."""
+    return _in_loop(lambda found, calls: _Inotify(folder, found, calls), folder, names, on_fallback)
+
+
+def watch_names(folder: Path, names: set[str],
+                on_fallback: Callable[[str], None] | None = None) -> FileChanges:
+    """Watch `names` in `folder` (not recursive): files that may be written in
+    place or replaced, like Codex's manifest. Polls when inotify is exhausted,
+    and says why through `on_fallback`."""
+    return _in_loop(lambda found, calls: _NamesInFolder(folder, found, calls), folder, names, on_fallback)
 
 
 def warn_once_per_run(state_dir: Path) -> Callable[[str], None]:
