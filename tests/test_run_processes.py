@@ -294,3 +294,16 @@ def test_sweep_removes_empty_cgroups_of_dead_supervisors(tmp_path: Path) -> None
         assert mine.cgroup is not None and mine.cgroup.exists(), "a live supervisor's cgroup is kept"
     finally:
         mine.end(None)
+
+
+def test_a_cgroup_its_probe_cannot_enter_is_dropped(tmp_path: Path) -> None:
+    """A folder whose `cgroup.procs` the probe cannot write (here: a directory of
+    that name) is not made the run's cgroup, and the v1 memory cgroup probed
+    beside it is dropped too: the run falls back to the marker."""
+    refused, beside = tmp_path / "refused", tmp_path / "beside"
+    (refused / "cgroup.procs").mkdir(parents=True)
+    beside.mkdir()
+    opening = rp.OpeningRun("flywheel-probe-test", os.getpid(), rp._probing(refused), rp._probing(beside))
+    procs = opening.finish()
+    assert (procs.engine, procs.cgroup, procs.memory_v1) == ("marker", None, None)
+    assert not refused.exists()
