@@ -407,6 +407,7 @@ class RunSupervisor:
             self._terminate_last_line(self.state / name)  # torn lines of a crashed earlier start
         set_aside(self.state)
         self.interrupts.install()
+        fault_point("containment")
         self._open_processes()
         assert self.procs is not None
         self.control = RunControl(
@@ -761,6 +762,8 @@ class RunSupervisor:
         if self.procs is not None:
             procs = self.procs
             steps.insert(0, lambda: procs.end(self.state, self.timing.kill_grace))  # done already, normally
+        if self._opening is not None:  # the start failed before _open_processes
+            steps.insert(0, self._opening.cancel)
         if self._arbiter is not None:
             arbiter = self._arbiter
             steps.insert(0, lambda: arbiter.stop(timeout=5.0))

@@ -18,6 +18,7 @@ from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
 from tests.faultkit import wait_until
 from tests.loopback import serving
+from workers import run_processes as rp
 
 FAULT = "FLYWHEEL_FAULT_CRASH_SUPERVISOR"
 
@@ -128,3 +129,15 @@ def test_sigterm_while_the_run_is_being_claimed_still_reports(env: Env, backend:
     run = backend.run(run_id)
     assert run["state"] == "error" and run["reason"] == "cancelled (SIGTERM)"
     assert "Traceback" not in err
+
+
+def test_a_start_that_fails_before_its_cgroup_is_finished_leaves_none(env: Env, backend: LocalBackend) -> None:
+    """The run's cgroup is begun right after the fetch (cli.run_single) and
+    finished by the supervisor's start; a start that fails in between removes it."""
+    parents = [p for p in (rp._own_v2(), rp._own_memory_v1()) if p is not None and os.access(p, os.W_OK)]
+    if not parents:
+        pytest.skip("no writable cgroup here")
+    run_id, result = run_once(env, backend, **{FAULT: "containment"})
+    assert result.returncode == 1, result.stderr
+    assert backend.run(run_id)["state"] == "error"
+    assert [str(left) for parent in parents for left in parent.glob(f"flywheel-{run_id}-*")] == []
