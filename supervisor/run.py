@@ -375,10 +375,14 @@ class RunSupervisor:
 
     def run(self) -> int:
         """The run, phase by phase. The terminal report is guaranteed by this
-        structure: whatever `_work` raises becomes the reported reason, and if
-        the normal end (`_finish`) fails, `_report_crash` reports directly."""
+        structure: whatever `_start` or `_work` raises becomes the reported
+        reason; a start that failed before any worker existed, and a normal
+        end (`_finish`) that fails, report directly."""
         try:
             decision = self._supervised_work()
+            if self._arbiter is None:  # the start failed before any worker: no log-shipper to drain through
+                decision = self._as_cancel(decision)
+                return self._exit_status(decision) if self._report_directly(decision) else EXIT_UNREPORTED
             return self._finish(decision)
         except Exception as exc:  # noqa: BLE001 - any failure still ends with a report
             return self._report_crash(exc)
@@ -737,9 +741,14 @@ class RunSupervisor:
         reason = self._crashed(exc)
         if self.reported:
             return EXIT_RUN_ERROR
+        return EXIT_RUN_ERROR if self._report_directly(Decision(Action.ERROR, False, reason)) else EXIT_UNREPORTED
+
+    def _report_directly(self, decision: Decision) -> bool:
+        """Send the terminal report now, not after the log; whether it was
+        delivered (if not, exit EXIT_UNREPORTED: the pool reports the run)."""
         s = self.prep.settings
-        report = report_for(Decision(Action.ERROR, False, reason), posted=self.posted,
-                            usage=self.usage.describe(), said=None, redactor=self.redactor)
+        report = report_for(decision, posted=self.posted, usage=self.usage.describe(), said=None,
+                            redactor=self.redactor)
         deadline = FlushDeadline(self.interrupts, self.timing.flush_timeout)
         deadline.start()
         try:
@@ -749,11 +758,12 @@ class RunSupervisor:
         except Exception as failure:  # noqa: BLE001 - the pool reports the run instead
             write_crash_file(self.state, failure, self.redactor)
             delivered = False
-        if not delivered:
+        if delivered:
+            self.reported = True
+        else:
             self.echo(f"run {s.run_id}: could not report the failure; exit {EXIT_UNREPORTED} "
                       "asks whoever started bootstrap to report the run")
-            return EXIT_UNREPORTED
-        return EXIT_RUN_ERROR
+        return delivered
 
     def _shut_down(self) -> None:
         """Workers stopped, the run's processes ended, signal handlers restored:

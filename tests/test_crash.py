@@ -30,7 +30,7 @@ def run_once(env: Env, backend: LocalBackend, **extra: str) -> tuple[str, Any]:
     return run_id, result
 
 
-@pytest.mark.parametrize("step", ["start", "work", "finish"])
+@pytest.mark.parametrize("step", ["containment", "start", "work", "finish"])
 def test_a_failure_at_any_step_is_reported_with_a_crash_file(env: Env, backend: LocalBackend, step: str) -> None:
     run_id, result = run_once(env, backend, **{FAULT: step})
     assert result.returncode == 1, result.stderr
