@@ -132,14 +132,46 @@ def test_a_small_request_on_the_wire() -> None:
     assert b"\r\nContent-Length: 9" in head and body == b'{"seq":1}'
 
 
+def test_a_poll_on_the_wire() -> None:
+    """The control poll's GET: the same headers as a post, no body and no
+    Content-Length (as requests sends a GET), on the posts' connection."""
+    with raw_listener() as (sock, port):
+        got = bytearray()
+
+        def serve() -> None:
+            conn, _ = sock.accept()
+            with conn:
+                conn.settimeout(5)
+                for answer in (b"{}", b'{"command_id": "c1"}'):
+                    while got.count(b"\r\n\r\n") < (1 if answer == b"{}" else 2):
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        got.extend(chunk)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with Backend(f"http://127.0.0.1:{port}", "r 1", "tok-9", TIMING) as client:
+            assert client.get_once("/control/poll", 5.0).json() == {}
+            assert client.get_once("/control/poll", 5.0).json() == {"command_id": "c1"}  # the same connection
+        thread.join(10)
+    first, second, rest = bytes(got).split(b"\r\n\r\n")
+    assert first == second and rest == b""
+    assert first.startswith(b"GET /runs/r%201/control/poll HTTP/1.1\r\n")
+    assert b"\r\nX-Run-Token: tok-9" in first and b"Content-Length" not in first
+
+
 def test_transport_failures_are_answer_zero(tmp_path: Path) -> None:
     with raw_listener() as (_, port):
         pass  # closed: nothing listens there any more
     with Backend(f"http://127.0.0.1:{port}", "r1", "t", TIMING) as client:
         assert client.post_once("/logs", b"{}").status == 0
+        assert client.get_once("/control/poll", 0.5).status == 0
     with raw_listener() as (sock, port):  # accepts (backlog) but never answers
         with Backend(f"http://127.0.0.1:{port}", "r1", "t", Timing(connect_timeout=0.5, read_timeout=0.5)) as client:
             assert client.post_once("/logs", b"{}").status == 0
+            assert client.get_once("/control/poll", 0.5).status == 0
 
 
 def test_posts_work_again_after_close(backend: LocalBackend) -> None:  # noqa: F811

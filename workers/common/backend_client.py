@@ -84,16 +84,16 @@ class Backend:
         return Answer(status, content)
 
     def get_once(self, path: str, read_timeout: float | None = None) -> Answer:
-        """One GET on the session's kept-alive connection (the control poll;
-        once a second, so requests' per-call layer costs nothing that matters);
-        transport failures come back as Answer(0)."""
-        timeout = self._timeout if read_timeout is None else (self.timing.connect_timeout, read_timeout)
+        """One GET on the kept-alive connection the posts use (the control
+        poll: once a second for the whole run, so without requests' per-call
+        layer, 0.3 ms of CPU each; lean_http); transport failures come back as
+        Answer(0)."""
         try:
-            r = self._session.get(self.base + path, timeout=timeout, allow_redirects=False)
-            content = r.content
-        except requests.RequestException as exc:
+            status, content = self._poster.get(path, self.timing.read_timeout if read_timeout is None
+                                               else read_timeout)
+        except TransportError as exc:
             return Answer(0, why=describe(exc, self.base))
-        return Answer(r.status_code, content)
+        return Answer(status, content)
 
     def reset(self) -> None:
         """Drop every connection: after a request was abandoned mid-way, the

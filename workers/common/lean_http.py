@@ -1,5 +1,5 @@
-"""POSTs over a connection of requests' own urllib3 pool, without the per-call
-layers of requests and of urllib3.
+"""POSTs (and the control poll's GETs) over a connection of requests' own
+urllib3 pool, without the per-call layers of requests and of urllib3.
 
 One log entry per request makes the client's cost per call the limit (strict
 order: each entry waits for the answer to the one before). On loopback,
@@ -66,15 +66,19 @@ class _HeadRecorder(http.client.HTTPConnection):
         self.sent += bytes(data)
 
 
-def request_head(conn: HTTPConnection, url: str, headers: dict[str, str]) -> bytes:
-    """The header block of a POST to `url` on `conn`'s host, as
-    `http.client` writes it (Host, Accept-Encoding: identity, `headers`),
-    up to the value of its last header, Content-Length."""
+def request_head(conn: HTTPConnection, url: str, headers: dict[str, str], method: str = "POST") -> bytes:
+    """The header block of a `method` request to `url` on `conn`'s host, as
+    `http.client` writes it (Host, Accept-Encoding: identity, `headers`):
+    a POST's up to the value of its last header, Content-Length; a GET's
+    whole (no body, so no length, as requests sends it)."""
     recorder = _HeadRecorder(conn.host, conn.port)
     recorder.default_port = conn.default_port  # Host names the port unless it is the scheme's
-    recorder.putrequest("POST", url)
+    recorder.putrequest(method, url)
     for name, value in headers.items():
         recorder.putheader(name, value)
+    if method == "GET":
+        recorder.endheaders()
+        return recorder.sent
     recorder.putheader("Content-Length", "0")
     recorder.endheaders()
     assert recorder.sent.endswith(_LENGTH_HEADER)
@@ -82,15 +86,14 @@ def request_head(conn: HTTPConnection, url: str, headers: dict[str, str]) -> byt
 
 
 def _exchange(conn: HTTPConnection, head: bytes, data: bytes, progress: Callable[[], None] | None,
-              connect_timeout: float, read_timeout: float) -> tuple[int, bytes, bool]:
+              connect_timeout: float, read_timeout: float, method: str) -> tuple[int, bytes, bool]:
     """One request and its whole answer on `conn`: (status, body, whether the
-    connection may be used again)."""
+    connection may be used again). `head` is the whole header block."""
     sock = conn.sock
     assert sock is not None
     # Sending is bounded by the connect timeout, as urllib3 does it; a
     # streamed body by stalls only (wait_delivered).
     sock.settimeout(connect_timeout)
-    head += b"%d\r\n\r\n" % len(data)
     try:
         if len(data) <= ONE_WRITE_MAX:
             conn.send(head + data)
@@ -104,7 +107,7 @@ def _exchange(conn: HTTPConnection, head: bytes, data: bytes, progress: Callable
         if not (isinstance(exc, BrokenPipeError) or exc.errno == errno.ECONNRESET):
             raise
     sock.settimeout(read_timeout)
-    response = conn.response_class(sock, method="POST")
+    response = conn.response_class(sock, method=method)
     try:
         response.begin()
         body = response.read()  # to its length (or the close): nothing is left unread
@@ -114,7 +117,7 @@ def _exchange(conn: HTTPConnection, head: bytes, data: bytes, progress: Callable
 
 
 class LeanPoster:
-    """POSTs to one origin through `session`'s adapter pool. The session's
+    """POSTs and GETs to one origin through `session`'s adapter pool. The session's
     headers are taken once, when this is made. Used by one thread at a time
     (each process makes its own Backend)."""
 
@@ -132,7 +135,7 @@ class LeanPoster:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._pool: HTTPConnectionPool | None = None
-        self._heads: dict[str, bytes] = {}  # per path, for this pool's host
+        self._heads: dict[tuple[str, str], bytes] = {}  # per method and path, for this pool's host
 
     def close(self) -> None:
         """Close the pool's connections; the next post looks the pool up
@@ -162,6 +165,15 @@ class LeanPoster:
 
     def post(self, path: str, data: bytes, progress: Callable[[], None] | None = None) -> tuple[int, bytes]:
         """(status, body) of one POST to base + path; raises TransportError."""
+        return self._request("POST", path, data, progress, self._read_timeout)
+
+    def get(self, path: str, read_timeout: float) -> tuple[int, bytes]:
+        """(status, body) of one GET of base + path, its answer awaited at most
+        `read_timeout` seconds; raises TransportError."""
+        return self._request("GET", path, b"", None, read_timeout)
+
+    def _request(self, method: str, path: str, data: bytes, progress: Callable[[], None] | None,
+                 read_timeout: float) -> tuple[int, bytes]:
         pool = self._current_pool()
         # A kept-alive connection the server has closed meanwhile comes back
         # closed (urllib3 looks), and is connected again below.
@@ -173,11 +185,13 @@ class LeanPoster:
                 pool._validate_conn(conn)  # HTTPS: connects (handshake, verification) now
                 if conn.sock is None:
                     conn.connect()
-            head = self._heads.get(path)
+            head = self._heads.get((method, path))
             if head is None:
-                head = self._heads[path] = request_head(conn, self._prefix + path, self._headers)
+                head = self._heads[method, path] = request_head(conn, self._prefix + path, self._headers, method)
+            if method != "GET":
+                head += b"%d\r\n\r\n" % len(data)
             status, body, reusable = _exchange(conn, head, data, progress,
-                                               self._connect_timeout, self._read_timeout)
+                                               self._connect_timeout, read_timeout, method)
             return status, body
         except (ssl.SSLError, CertificateError) as exc:
             raise SSLError(exc) from exc
