@@ -8,7 +8,7 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -105,25 +105,33 @@ def raw_listener() -> Iterator[tuple[socket.socket, int]]:
         sock.close()
 
 
+def serve_raw(sock: socket.socket, got: bytearray, rounds: list[tuple[Callable[[], bool], bytes]]) -> threading.Thread:
+    """One connection accepted on `sock`: per round, what arrives goes into
+    `got` until the round's condition holds, then its body is answered."""
+
+    def serve() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            conn.settimeout(5)
+            for done, body in rounds:
+                while not done():
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    got.extend(chunk)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_a_small_request_on_the_wire() -> None:
     """Header block then body, framed by Content-Length (sent in one write:
     benchmarks/README.md shows what that saves the server)."""
     with raw_listener() as (sock, port):
         got = bytearray()
-
-        def serve() -> None:
-            conn, _ = sock.accept()
-            with conn:
-                conn.settimeout(5)
-                while not got.endswith(b'{"seq":1}'):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    got.extend(chunk)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
+        thread = serve_raw(sock, got, [(lambda: got.endswith(b'{"seq":1}'), b"{}")])
         with Backend(f"http://127.0.0.1:{port}", "r1", "t", TIMING) as client:
             assert client.post_once("/logs", b'{"seq":1}').status == 200
         thread.join(10)
@@ -137,21 +145,8 @@ def test_a_poll_on_the_wire() -> None:
     Content-Length (as requests sends a GET), on the posts' connection."""
     with raw_listener() as (sock, port):
         got = bytearray()
-
-        def serve() -> None:
-            conn, _ = sock.accept()
-            with conn:
-                conn.settimeout(5)
-                for answer in (b"{}", b'{"command_id": "c1"}'):
-                    while got.count(b"\r\n\r\n") < (1 if answer == b"{}" else 2):
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            return
-                        got.extend(chunk)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
+        thread = serve_raw(sock, got, [(lambda: got.count(b"\r\n\r\n") == 1, b"{}"),
+                                       (lambda: got.count(b"\r\n\r\n") == 2, b'{"command_id": "c1"}')])
         with Backend(f"http://127.0.0.1:{port}", "r 1", "tok-9", TIMING) as client:
             assert client.get_once("/control/poll", 5.0).json() == {}
             assert client.get_once("/control/poll", 5.0).json() == {"command_id": "c1"}  # the same connection
