@@ -14,10 +14,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from supervisor import run_status
 from supervisor.control_ledger import read_mode
@@ -54,6 +53,9 @@ from workers.common.spool import ShipperState
 from workers.common.timing import Timing
 from workers.common.wake import WakePipe
 from workers.run_processes import Usage, kept_usage, live_usage
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 View = sv.LiveView | sv.PlainView
 # How long the pool keeps trying to end a run's processes that SIGKILL does not
@@ -240,7 +242,9 @@ class Pool:
         self._launcher_fd = -1
         self._launcher_tried = not settings.fork_runs
         self._wakeup = Wakeup()
-        self._posts = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pool-report")
+        # Made at the first report the pool must post itself (a supervisor that
+        # died): most pools never need one, nor concurrent.futures' imports.
+        self._posts: ThreadPoolExecutor | None = None
         self._abandon_posts = threading.Event()
         # The first SIGINT/SIGTERM; None while not interrupted.
         self.interrupted_by: int | None = None
@@ -446,6 +450,10 @@ class Pool:
             if detail:
                 run.result = f"{outcome.result}: {detail}"
         if outcome.post_reason is not None:
+            if self._posts is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._posts = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pool-report")
             run.post = self._posts.submit(
                 post_error,
                 run.spec,
@@ -498,7 +506,8 @@ class Pool:
             self._launcher.close()
             self._launcher = None
         self._abandon_posts.set()
-        self._posts.shutdown(wait=True, cancel_futures=True)
+        if self._posts is not None:
+            self._posts.shutdown(wait=True, cancel_futures=True)
         if self._feed is not None:
             self._feed.close()
         self._wakeup.close()

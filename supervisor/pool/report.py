@@ -4,11 +4,14 @@ a signal): the pool posts `POST /runs/{id}/error` on its behalf."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from supervisor.pool.runs_file import RunSpec
 from workers.common.errors import BootstrapError
 from workers.common.timing import Timing
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 # How long the pool keeps retrying the `error` report of a killed supervisor.
 _POST_TRIES = 4
