@@ -3,6 +3,7 @@ and the run says so once (SPEC section 9)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
 from tests.faultkit import assert_all_delivered_once, wait_until
 from workers.common.wake import WakePipe
-from workers.file_watch import FAULT_ENV, follow_files, watch_files, watch_names
+from workers.file_watch import FAULT_ENV, FileChanges, follow_files, watch_files, watch_names
 
 
 @pytest.mark.parametrize("fault", ["EMFILE", "ENOSPC"])
@@ -69,14 +70,15 @@ def test_followed_files_wake_the_loop_and_nothing_else_does(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("fault", ["EMFILE", "ENOSPC"])
-def test_followed_files_are_polled_without_inotify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    fault: str) -> None:
+@pytest.mark.parametrize(("watch", "name"), [(follow_files, "codex.out"), (watch_names, "flywheel_artifacts.json")])
+def test_watched_files_are_polled_without_inotify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str,
+                                                  watch: Callable[..., FileChanges], name: str) -> None:
     monkeypatch.setenv(FAULT_ENV, fault)
     said: list[str] = []
-    changes = follow_files(tmp_path, {"codex.out"}, said.append)
+    changes = watch(tmp_path, {name}, said.append)
     try:
         assert len(said) == 1 and "polling" in said[0]
-        _append(tmp_path / "codex.out", b"a line\n")
+        _append(tmp_path / name, b"a line\n")
         wait_until(changes.changed, 10, "the polling observer to see the new file")
     finally:
         changes.close()
@@ -119,19 +121,5 @@ def test_watched_names_are_seen_written_replaced_and_deleted(tmp_path: Path) -> 
         assert changes.changed()
         manifest.write_text("[]")  # there again
         assert changes.changed()
-    finally:
-        changes.close()
-
-
-@pytest.mark.parametrize("fault", ["EMFILE", "ENOSPC"])
-def test_watched_names_are_polled_without_inotify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  fault: str) -> None:
-    monkeypatch.setenv(FAULT_ENV, fault)
-    said: list[str] = []
-    changes = watch_names(tmp_path, {"flywheel_artifacts.json"}, said.append)
-    try:
-        assert len(said) == 1 and "polling" in said[0]
-        (tmp_path / "flywheel_artifacts.json").write_text("[]")
-        wait_until(changes.changed, 10, "the polling observer to see the new file")
     finally:
         changes.close()
