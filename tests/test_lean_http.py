@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
@@ -411,3 +412,33 @@ def test_reset_and_close_drop_the_connection() -> None:
         client.close()
         assert posts(client, 1) == [200]
     assert [number for number, _ in server.requests] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("size", [10, ONE_WRITE_MAX * 3])
+def test_work_meanwhile_runs_once_the_request_is_out(size: int) -> None:
+    """`meanwhile` runs after the whole request is sent and before the answer
+    is read (the server answers only once it ran); `answered()` tells it the
+    answer has come; then the answer is read as usual and the connection kept."""
+    body = b'{"x":"' + b"y" * size + b'"}'
+    ran = threading.Event()
+    seen: list[bool] = []
+
+    def meanwhile(answered: Callable[[], bool]) -> None:
+        seen.append(answered())
+        ran.set()
+        for _ in range(10_000):  # bounded: the server answers as soon as `ran` is set
+            if answered():
+                break
+            time.sleep(0.001)
+        seen.append(answered())
+
+    with raw_listener() as (sock, port):
+        got = bytearray()
+        thread = serve_raw(sock, got, [(lambda: got.endswith(body) and ran.wait(10), b'{"ok":1}'),
+                                       (lambda: got.endswith(b"{}"), b"{}")])
+        with Backend(f"http://127.0.0.1:{port}", "r1", "t", TIMING) as client:
+            answer = client.post_once("/logs", body, meanwhile=meanwhile)
+            assert (answer.status, answer.body) == (200, b'{"ok":1}')
+            assert client.post_once("/logs", b"{}").status == 200  # the same connection
+        thread.join(10)
+    assert seen == [False, True]

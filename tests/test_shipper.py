@@ -5,16 +5,21 @@ a 413 split, a restart from shipper.json, token usage."""
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import multiprocess  # type: ignore[import-untyped]
 import orjson
+import pytest
+from loopback import serving
 
 from supervisor.local_backend import LocalBackend
 from workers.common.spool import CODEX_OUT, EntryLog, ShipperState
 from workers.common.timing import Timing
-from workers.log_shipper import Shipper, ShipperConfig
+from workers.log_shipper import EncodeStep, Shipper, ShipperConfig
 from workers.run_processes import RunProcesses
 from workers.runtime import Channels, Mailbox
 
@@ -103,3 +108,80 @@ def test_token_usage_is_summed(tmp_path: Path, backend: LocalBackend) -> None:
     s = shipper(tmp_path, backend, run_id, token)
     ship_all(s)
     assert (s.state.input_tokens, s.state.output_tokens) == (123, 12)
+
+
+class _Holding(BaseHTTPRequestHandler):
+    """A backend that keeps every body it gets and answers each only once the
+    shipper has no step of encoding left undone (at most 10 s). Noted per
+    post: whether a step was pending when it came, and whether the answer
+    had to give up waiting."""
+
+    protocol_version = "HTTP/1.1"
+    bodies: list[bytes]
+    posts: list[tuple[bool, bool]]
+    step: Callable[[], EncodeStep | None]
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def do_POST(self) -> None:
+        self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        pending = self.step() is not None
+        deadline = time.monotonic() + 10
+        while (step := self.step()) is not None and not step.done and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self.posts.append((pending, time.monotonic() >= deadline))
+        # In one write: headers and body apart meet the client's delayed ACK.
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+
+def ship_holding(state: Path, log_batch: bool, overlap: bool) -> tuple[list[dict[str, Any]], list[tuple[bool, bool]]]:
+    """Ship `state` through a _Holding backend: each step encoded at once
+    before delivery, or (overlap) delivered as the shipper's loop does it.
+    The entries posted, without `created_at` (the time of their encoding), and
+    what the backend noted per post."""
+    holder: list[Shipper] = []
+    handler = type("Handler", (_Holding,), {"bodies": [], "posts": [],
+                                            "step": staticmethod(lambda: holder[0]._step)})  # noqa: SLF001
+    mp = multiprocess.get_context("fork")
+    procs = RunProcesses(marker="shipper-test", cgroup=None, owner=os.getpid(), owner_start=None)
+    channels = Channels(name="log-shipper", commands=mp.SimpleQueue(), events=mp.SimpleQueue(),
+                        liveness=mp.Value("d", 0.0, lock=False), run_processes=procs, parent_pid=os.getpid())
+    with serving(handler) as url:
+        s = Shipper(Mailbox(channels), ShipperConfig(state, url, "r1", "t", timing=FAST, log_batch=log_batch))
+        s.codex.max_line = 16_384  # so the 40 kB line is kept in part: a `dropped` line
+        holder.append(s)
+        if not overlap:
+            ship_all(s)
+        for _ in range(100_000):  # bounded: each turn ships an entry or spools a step
+            if not (s.encode_new() or s.state.pending):
+                break
+            s.deliver_burst(seconds=60)
+    bodies = handler.bodies
+    entries = ([e for b in bodies for e in orjson.loads(b)["entries"]] if log_batch
+               else [orjson.loads(b) for b in bodies])
+    return [{k: v for k, v in e.items() if k != "created_at"} for e in entries], handler.posts
+
+
+@pytest.mark.parametrize("log_batch", [True, False])
+def test_the_next_lines_are_encoded_while_the_backend_stores_a_batch(tmp_path: Path, log_batch: bool) -> None:
+    """While a post waits for its answer, the step of lines read after it is
+    encoded a slice at a time; what is shipped is exactly what encoding it
+    all at once ships: the same entries, in the same order, bootstrap's own
+    among Codex's lines, an over-long line cut."""
+    lines = 1500 if log_batch else 400
+    for name in ("at-once", "overlap"):
+        state = tmp_path / name
+        state.mkdir()
+        log = EntryLog(state)
+        for i in range(lines):
+            if i % 97 == 0:
+                log.write("info", f"bootstrap note {i}", "codex_event")
+            append(state / CODEX_OUT, codex_line(f"line {i} " + "x" * 150) if i != 700 else
+                   b"not json " + b"y" * 40_000 + b"\n")
+    at_once, _ = ship_holding(tmp_path / "at-once", log_batch, overlap=False)
+    overlapped, posts = ship_holding(tmp_path / "overlap", log_batch, overlap=True)
+    assert overlapped == at_once
+    assert len(at_once) == lines + len(range(0, lines, 97))
+    assert any(pending for pending, _ in posts)  # posts went out with the next step not encoded yet
+    assert not any(gave_up for _, gave_up in posts)  # and it was encoded while they waited

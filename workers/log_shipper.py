@@ -24,11 +24,13 @@ from typing import Any
 import orjson
 
 from workers.common.backend_client import Backend
+from workers.common.lean_http import Meanwhile
 from workers.common.redact import Redactor
 from workers.common.spool import (
     BOOTSTRAP_LOG,
     CODEX_OUT,
     OUTBOX,
+    LineBlock,
     LineTail,
     OutboxReader,
     ShipperState,
@@ -48,7 +50,8 @@ from workers.log_entries import (
 from workers.messages import Command, Drain, Drained, RunCannotGoOn, Stop, unexpected
 from workers.runtime import Mailbox
 
-ENCODE_STEP = 1024 * 1024  # bytes of input encoded per step
+ENCODE_STEP = 1024 * 1024  # bytes of input encoded per step, at most
+FIRST_STEP = 64 * 1024  # when no entry waits for delivery
 COMMIT_EVERY = 0.25  # seconds between commits of the delivered offset
 IDLE_WAIT = 2.0
 
@@ -82,6 +85,57 @@ def interleave(markers: Sequence[int], codex_ends: Sequence[int], codex_read: in
             ci += 1
         before.append(ci)
     return before, len(before)
+
+
+class EncodeStep:
+    """One step of encoding: the lines read, turned into outbox lines a slice
+    at a time, so that the work can be done while the backend stores a batch.
+    Bootstrap's entries go where `interleave` put them among Codex's lines."""
+
+    SLICE = 128  # Codex lines between two looks at whether to stop: ~0.4 ms
+
+    def __init__(self, codex: LineBlock, records: list[tuple[int, dict[str, Any]]], redactor: Redactor,
+                 created_at: str, seq: int, tokens: tuple[int, int]) -> None:
+        self.codex = codex
+        self.created_at = created_at
+        self.out = bytearray()  # the encoded entries, one a line
+        self.seq = seq  # the next entry's
+        self.tokens = tokens
+        self._redactor = redactor
+        # (Codex lines before it, record); a last None takes the lines left.
+        self._work: list[tuple[int, dict[str, Any] | None]] = [*records, (len(codex.data), None)]
+        self._next = 0  # in _work
+        self._ci = 0  # Codex lines encoded
+
+    @property
+    def done(self) -> bool:
+        return self._next == len(self._work)
+
+    def advance(self, enough: Callable[[], bool] | None = None) -> None:
+        """Encode the rest, or, with `enough`, until it says so (looking after
+        each slice)."""
+        while self._next < len(self._work):
+            upto, record = self._work[self._next]
+            if self._ci < upto:
+                self._take_codex(upto if enough is None else min(upto, self._ci + self.SLICE))
+            else:
+                if record is not None:
+                    record = bootstrap_record(record, self._redactor)
+                    record["extra"]["seq"] = self.seq
+                    self.out += encode_json(record)
+                    self.out += b"\n"
+                    self.seq += 1
+                self._next += 1
+            if enough is not None and enough():
+                return
+
+    def _take_codex(self, upto: int) -> None:
+        ci, data, dropped = self._ci, self.codex.data, self.codex.dropped
+        lines = data if ci == 0 and upto == len(data) else data[ci:upto]
+        self.tokens = encode_codex_lines(self.out, self.created_at, lines, self._redactor, self.seq, self.tokens,
+                                         {i - ci: n for i, n in dropped.items() if ci <= i < upto} if dropped else None)
+        self.seq += upto - ci
+        self._ci = upto
 
 
 # The backend no longer accepts this run's token: nothing more can be delivered.
@@ -122,38 +176,40 @@ class Shipper:
         self.refused: str | None = None  # why delivery stopped for good
         self.disk_full = False  # the outbox could not grow: deliver from memory
         self._direct = False  # delivering from memory now
+        self._step: EncodeStep | None = None  # read, being encoded, not spooled yet
+        self._look = True  # read the spool files on the next turn
 
     # -- encode ----------------------------------------------------------------
 
     def encode_new(self) -> bool:
-        """Encode what was appended since last time (one step of it). True if
-        this step made progress, so another may be waiting."""
+        """Encode what was appended since last time (one step of it, or the
+        rest of the step begun while delivering). True if this step made
+        progress, so another may be waiting."""
         if self._direct:
             return False  # called while delivering from memory: that comes first
-        boot_start = self.boot.offset
-        boot_lines = self.boot.read(max_bytes=ENCODE_STEP)
-        # Small steps keep memory flat and let delivery start while Codex is
-        # still printing megabytes.
-        codex = self.codex.read_block(max_bytes=ENCODE_STEP)
-        codex_lines = codex.data
-        if not boot_lines and not codex_lines:
+        step = self._step if self._step is not None else self._begin_step()
+        if step is None:
             return self.codex.last_read > 0  # inside a very long line: keep reading
-        out = bytearray()  # the encoded entries, one a line
-        seq = self.state.next_seq
-        tokens = self.state.input_tokens, self.state.output_tokens
-        ci = 0
-        now = utc_now()
+        step.advance()
+        return self._finish_step(step)
 
-        def take_codex(upto: int) -> None:
-            nonlocal ci, seq, tokens
-            if upto <= ci:
-                return
-            dropped = {i - ci: n for i, n in codex.dropped.items() if ci <= i < upto} if codex.dropped else None
-            tokens = encode_codex_lines(out, now, codex_lines[ci:upto] if ci or upto < len(codex_lines)
-                                        else codex_lines, self.redactor, seq, tokens, dropped)
-            seq += upto - ci
-            ci = upto
+    def _step_bytes(self) -> int:
+        """How much input the next step reads. About what the backend needs to
+        store the entries still to deliver, so the step is encoded by the time
+        they are delivered (`_encode_ahead`) and delivery waits for neither;
+        small when nothing waits, so the first entries go out early; at most
+        ENCODE_STEP, which keeps memory flat while Codex prints megabytes."""
+        waiting = self.state.outbox_size - self.state.delivered_offset
+        return min(ENCODE_STEP, max(FIRST_STEP, waiting))
 
+    def _begin_step(self) -> EncodeStep | None:
+        """Read the next step's lines; None when there are none."""
+        boot_start = self.boot.offset
+        size = self._step_bytes()
+        boot_lines = self.boot.read(max_bytes=size)
+        codex = self.codex.read_block(max_bytes=size)
+        if not boot_lines and not codex.data:
+            return None
         records: list[tuple[int, int, dict[str, Any]]] = []  # (line start, codex offset, record)
         for b in boot_lines:
             line_start, boot_start = boot_start, b.end
@@ -169,14 +225,16 @@ class Shipper:
                                    codex.ends() if records else [], self.codex.offset)
         if taken < len(records):
             self.boot.rewind(records[taken][0])  # it waits for Codex's lines (next step)
-        for (_, _, record), codex_before in zip(records[:taken], before):
-            take_codex(codex_before)
-            record = bootstrap_record(record, self.redactor)
-            record["extra"]["seq"] = seq
-            out += encode_json(record)
-            out += b"\n"
-            seq += 1
-        take_codex(len(codex_lines))
+        self._step = EncodeStep(codex, list(zip(before, (record for _, _, record in records[:taken]))),
+                                self.redactor, utc_now(), self.state.next_seq,
+                                (self.state.input_tokens, self.state.output_tokens))
+        return self._step
+
+    def _finish_step(self, step: EncodeStep) -> bool:
+        """Spool an encoded step (outbox, then shipper.json). True if it held
+        entries."""
+        self._step = None
+        out = step.out
         if not out:
             return self.codex.last_read > 0  # else only entries waiting for Codex's lines
         grown = len(out)
@@ -192,15 +250,31 @@ class Shipper:
         self.state = self.state.evolve(
             codex_offset=self.codex.offset,
             boot_offset=self.boot.offset,
-            next_seq=seq,
+            next_seq=step.seq,
             outbox_size=self.state.outbox_size + grown,
-            delivered=self.state.delivered + (0 if grown else seq - self.state.next_seq),
-            last_event_at=now if codex_lines else self.state.last_event_at,
-            input_tokens=tokens[0],
-            output_tokens=tokens[1],
+            delivered=self.state.delivered + (0 if grown else step.seq - self.state.next_seq),
+            last_event_at=step.created_at if step.codex.data else self.state.last_event_at,
+            input_tokens=step.tokens[0],
+            output_tokens=step.tokens[1],
         )
         self._commit()
         return True
+
+    def _encode_ahead(self, answered: Callable[[], bool]) -> None:
+        """While the backend stores a batch, encode the step in progress, until
+        the answer arrives: the encoding then costs the run no time of its
+        own. (The step is spooled after the answer, in `_keep_encoding`.)"""
+        if self._step is not None and not self._direct:
+            self._step.advance(answered)
+
+    def _keep_encoding(self) -> None:
+        """Between two deliveries: spool the step encoded meanwhile, and begin
+        the next one when there may be more to read."""
+        step = self._step
+        if step is not None and step.done:
+            self._look = self._finish_step(step)
+        if self._step is None and (self._spool_changed() or self._look):
+            self._look = self._begin_step() is not None or self.codex.last_read > 0
 
     def _spool_full(self, exc: OSError, out: list[bytes]) -> bool:
         """The outbox cannot grow (the disk is full). Say so once (the
@@ -256,7 +330,7 @@ class Shipper:
         if len(lines) == 1:
             self._send_one(lines[0])
             return
-        answer = self._post("/logs/batch", b'{"entries":[' + b",".join(lines) + b"]}")
+        answer = self._post("/logs/batch", b'{"entries":[' + b",".join(lines) + b"]}", self._encode_ahead)
         if 400 <= answer.status < 500:
             # Too large (413), or one entry the backend will not take: halves
             # find the entry at fault, and every other entry is kept.
@@ -269,7 +343,7 @@ class Shipper:
     def _send_one(self, line: bytes) -> None:
         path = "/logs/batch" if self.cfg.log_batch else "/logs"
         body = b'{"entries":[' + line + b"]}" if self.cfg.log_batch else line
-        answer = self._post(path, body)
+        answer = self._post(path, body, self._encode_ahead)
         if answer.status == 413:
             entry = orjson.loads(line)
             placeholder = orjson.dumps(too_large_placeholder(entry, len(line), None))
@@ -280,8 +354,8 @@ class Shipper:
         elif not answer.ok:
             self._report_dropped(1, f"HTTP {answer.status}")
 
-    def _post(self, path: str, body: bytes) -> Any:
-        answer = self.backend.post(path, body, sleep=self._sleep)
+    def _post(self, path: str, body: bytes, meanwhile: Meanwhile | None = None) -> Any:
+        answer = self.backend.post(path, body, sleep=self._sleep, meanwhile=meanwhile)
         if answer.status == 0 or (answer.status >= 500 or answer.status == 429):
             raise _Stop()
         if answer.status in AUTH_REFUSED:
@@ -359,15 +433,16 @@ class Shipper:
 
     def run(self) -> None:
         changes = self.changes = follow_files(self.dir, {CODEX_OUT, BOOTSTRAP_LOG}, warn_once_per_run(self.dir))
-        look = True  # read the spool files on the next turn
+        self._look = True
         try:
             while not self.stopping:
                 self.mb.tick()
                 # Reading the files only when inotify says they changed keeps
                 # the delivery loop free of needless syscalls. (Encoding may
                 # deliver too, when the disk is full.)
-                encoded = self._guarded(self.encode_new) if self._spool_changed() or look else False
-                look = encoded  # more may be waiting than one step took
+                look = self._spool_changed() or self._look or self._step is not None
+                encoded = self._guarded(self.encode_new) if look else False
+                self._look = encoded  # more may be waiting than one step took
                 if self.state.pending and self.refused is None:
                     self._guarded(self.deliver_burst)
                     continue
@@ -379,7 +454,7 @@ class Shipper:
                     self.drain_id = None
                 if not encoded:
                     self._handle(self.mb.wait(IDLE_WAIT, self._followed()))
-                    look = True
+                    self._look = True
         finally:
             self._commit()
             self.changes = None
@@ -404,6 +479,7 @@ class Shipper:
         """Deliver for a while before looking at the spool files again."""
         until = time.monotonic() + seconds
         while self.state.pending and time.monotonic() < until and not self.stopping:
+            self._keep_encoding()
             self.deliver_some()
         self.mb.tick()
 

@@ -17,7 +17,7 @@ import requests
 
 from workers.common.backoff import backoff_delay
 from workers.common.errors import BackendUnavailable
-from workers.common.lean_http import LeanPoster, TransportError
+from workers.common.lean_http import LeanPoster, Meanwhile, TransportError
 from workers.common.net_trouble import describe
 from workers.common.timing import Timing
 
@@ -73,12 +73,13 @@ class Backend:
         self.close()
 
     def post_once(self, path: str, body: bytes | dict[str, Any],
-                  progress: Callable[[], None] | None = None) -> Answer:
+                  progress: Callable[[], None] | None = None, meanwhile: Meanwhile | None = None) -> Answer:
         """One attempt. Transport failures come back as Answer(0) with no
-        exception. `progress()` is called as a big body's bytes go out."""
+        exception. `progress()` is called as a big body's bytes go out;
+        `meanwhile` runs while the backend works on its answer (lean_http)."""
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         try:
-            status, content = self._poster.post(path, data, progress)
+            status, content = self._poster.post(path, data, progress, meanwhile)
         except TransportError as exc:
             return Answer(0, why=describe(exc, self.base))
         return Answer(status, content)
@@ -109,6 +110,7 @@ class Backend:
         sleep: Callable[[float], bool] | None = None,
         attempt: Callable[[Callable[[], Answer]], Answer] | None = None,
         progress: Callable[[], None] | None = None,
+        meanwhile: Meanwhile | None = None,
     ) -> Answer:
         """Post until answered with a status that is not worth retrying, or until
         `keep_trying()` says stop. `sleep(seconds)` waits between tries and may
@@ -116,8 +118,8 @@ class Backend:
         runs each try (e.g. under a deadline)."""
         tries = 0
         while True:
-            answer = (self.post_once(path, body, progress) if attempt is None
-                      else attempt(lambda: self.post_once(path, body, progress)))
+            answer = (self.post_once(path, body, progress, meanwhile) if attempt is None
+                      else attempt(lambda: self.post_once(path, body, progress, meanwhile)))
             self.last_answer = answer
             if answer.status and answer.status not in RETRYABLE_STATUS:
                 return answer

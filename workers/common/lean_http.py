@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import select
 import ssl
 from collections.abc import Callable
 from typing import Any, cast
@@ -85,8 +86,22 @@ def request_head(conn: HTTPConnection, url: str, headers: dict[str, str], method
     return recorder.sent[:-len(b"0\r\n\r\n")]
 
 
+# Work to do while the server answers: called once the request is out, with a
+# function that says whether the answer has begun to arrive (no wait). It must
+# do no I/O: an OSError it raised would read as the connection failing.
+Meanwhile = Callable[[Callable[[], bool]], None]
+
+
+def _meanwhile(sock: Any, meanwhile: Meanwhile | None) -> None:
+    if meanwhile is not None:
+        poll = select.poll()
+        poll.register(sock, select.POLLIN)
+        meanwhile(lambda: bool(poll.poll(0)))
+
+
 def _exchange(conn: HTTPConnection, head: bytes, data: bytes, progress: Callable[[], None] | None,
-              connect_timeout: float, read_timeout: float, method: str) -> tuple[int, bytes, bool]:
+              connect_timeout: float, read_timeout: float, method: str,
+              meanwhile: Meanwhile | None = None) -> tuple[int, bytes, bool]:
     """One request and its whole answer on `conn`: (status, body, whether the
     connection may be used again). `head` is the whole header block."""
     sock = conn.sock
@@ -97,9 +112,13 @@ def _exchange(conn: HTTPConnection, head: bytes, data: bytes, progress: Callable
     try:
         if len(data) <= ONE_WRITE_MAX:
             conn.send(head + data)
+            _meanwhile(sock, meanwhile)
         else:
             conn.send(head)
             conn.send(StreamedBody(data, progress))
+            # Most of the server's work comes before the peer has taken the
+            # last bytes: the work to do meanwhile begins here.
+            _meanwhile(sock, meanwhile)
             wait_delivered(sock, connect_timeout, progress or (lambda: None))
     except OSError as exc:
         # The server may close after answering without reading everything
@@ -163,9 +182,11 @@ class LeanPoster:
             self._pool = pool
         return pool
 
-    def post(self, path: str, data: bytes, progress: Callable[[], None] | None = None) -> tuple[int, bytes]:
-        """(status, body) of one POST to base + path; raises TransportError."""
-        return self._request("POST", path, data, progress, self._read_timeout)
+    def post(self, path: str, data: bytes, progress: Callable[[], None] | None = None,
+             meanwhile: Meanwhile | None = None) -> tuple[int, bytes]:
+        """(status, body) of one POST to base + path; raises TransportError.
+        `meanwhile` runs while the server works on the answer."""
+        return self._request("POST", path, data, progress, self._read_timeout, meanwhile)
 
     def get(self, path: str, read_timeout: float) -> tuple[int, bytes]:
         """(status, body) of one GET of base + path, its answer awaited at most
@@ -173,7 +194,7 @@ class LeanPoster:
         return self._request("GET", path, b"", None, read_timeout)
 
     def _request(self, method: str, path: str, data: bytes, progress: Callable[[], None] | None,
-                 read_timeout: float) -> tuple[int, bytes]:
+                 read_timeout: float, meanwhile: Meanwhile | None = None) -> tuple[int, bytes]:
         pool = self._current_pool()
         # A kept-alive connection the server has closed meanwhile comes back
         # closed (urllib3 looks), and is connected again below.
@@ -191,7 +212,7 @@ class LeanPoster:
             if method != "GET":
                 head += b"%d\r\n\r\n" % len(data)
             status, body, reusable = _exchange(conn, head, data, progress,
-                                               self._connect_timeout, read_timeout, method)
+                                               self._connect_timeout, read_timeout, method, meanwhile)
             return status, body
         except (ssl.SSLError, CertificateError) as exc:
             raise SSLError(exc) from exc
