@@ -13,7 +13,6 @@ from typing import Any
 
 import multiprocess  # type: ignore[import-untyped]
 import orjson
-import pytest
 from loopback import serving
 
 from supervisor.local_backend import LocalBackend
@@ -135,7 +134,7 @@ class _Holding(BaseHTTPRequestHandler):
         self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
 
-def ship_holding(state: Path, log_batch: bool, overlap: bool) -> tuple[list[dict[str, Any]], list[tuple[bool, bool]]]:
+def ship_holding(state: Path, overlap: bool) -> tuple[list[dict[str, Any]], list[tuple[bool, bool]]]:
     """Ship `state` through a _Holding backend: each step encoded at once
     before delivery, or (overlap) delivered as the shipper's loop does it.
     The entries posted, without `created_at` (the time of their encoding), and
@@ -148,7 +147,7 @@ def ship_holding(state: Path, log_batch: bool, overlap: bool) -> tuple[list[dict
     channels = Channels(name="log-shipper", commands=mp.SimpleQueue(), events=mp.SimpleQueue(),
                         liveness=mp.Value("d", 0.0, lock=False), run_processes=procs, parent_pid=os.getpid())
     with serving(handler) as url:
-        s = Shipper(Mailbox(channels), ShipperConfig(state, url, "r1", "t", timing=FAST, log_batch=log_batch))
+        s = Shipper(Mailbox(channels), ShipperConfig(state, url, "r1", "t", timing=FAST, log_batch=True))
         s.codex.max_line = 16_384  # so the 40 kB line is kept in part: a `dropped` line
         holder.append(s)
         if not overlap:
@@ -157,19 +156,16 @@ def ship_holding(state: Path, log_batch: bool, overlap: bool) -> tuple[list[dict
             if not (s.encode_new() or s.state.pending):
                 break
             s.deliver_burst(seconds=60)
-    bodies = handler.bodies
-    entries = ([e for b in bodies for e in orjson.loads(b)["entries"]] if log_batch
-               else [orjson.loads(b) for b in bodies])
+    entries = [e for b in handler.bodies for e in orjson.loads(b)["entries"]]
     return [{k: v for k, v in e.items() if k != "created_at"} for e in entries], handler.posts
 
 
-@pytest.mark.parametrize("log_batch", [True, False])
-def test_the_next_lines_are_encoded_while_the_backend_stores_a_batch(tmp_path: Path, log_batch: bool) -> None:
+def test_the_next_lines_are_encoded_while_the_backend_stores_a_batch(tmp_path: Path) -> None:
     """While a post waits for its answer, the step of lines read after it is
     encoded a slice at a time; what is shipped is exactly what encoding it
     all at once ships: the same entries, in the same order, bootstrap's own
     among Codex's lines, an over-long line cut."""
-    lines = 1500 if log_batch else 400
+    lines = 1500
     for name in ("at-once", "overlap"):
         state = tmp_path / name
         state.mkdir()
@@ -179,8 +175,8 @@ def test_the_next_lines_are_encoded_while_the_backend_stores_a_batch(tmp_path: P
                 log.write("info", f"bootstrap note {i}", "codex_event")
             append(state / CODEX_OUT, codex_line(f"line {i} " + "x" * 150) if i != 700 else
                    b"not json " + b"y" * 40_000 + b"\n")
-    at_once, _ = ship_holding(tmp_path / "at-once", log_batch, overlap=False)
-    overlapped, posts = ship_holding(tmp_path / "overlap", log_batch, overlap=True)
+    at_once, _ = ship_holding(tmp_path / "at-once", overlap=False)
+    overlapped, posts = ship_holding(tmp_path / "overlap", overlap=True)
     assert overlapped == at_once
     assert len(at_once) == lines + len(range(0, lines, 97))
     assert any(pending for pending, _ in posts)  # posts went out with the next step not encoded yet

@@ -343,7 +343,7 @@ class Shipper:
     def _send_one(self, line: bytes) -> None:
         path = "/logs/batch" if self.cfg.log_batch else "/logs"
         body = b'{"entries":[' + line + b"]}" if self.cfg.log_batch else line
-        answer = self._post(path, body, self._encode_ahead)
+        answer = self._post(path, body)
         if answer.status == 413:
             entry = orjson.loads(line)
             placeholder = orjson.dumps(too_large_placeholder(entry, len(line), None))
@@ -479,7 +479,11 @@ class Shipper:
         """Deliver for a while before looking at the spool files again."""
         until = time.monotonic() + seconds
         while self.state.pending and time.monotonic() < until and not self.stopping:
-            self._keep_encoding()
+            if self.cfg.log_batch:
+                # One entry per request, the round trips are the limit and
+                # encoding is ~1% of them: not worth a look at the spool files
+                # per entry.
+                self._keep_encoding()
             self.deliver_some()
         self.mb.tick()
 
