@@ -94,12 +94,9 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     opening = begin_run(run_id, prep.env)
     from supervisor.run import supervise
 
-    if not follow:
+    follower = _start_follower(run_id) if follow else None
+    if follower is None:
         return supervise(prep, payload, say, interrupts, opening)
-    # A process of its own, not a thread: the supervisor forks its workers, and a
-    # thread holding stderr's lock at that moment would hang them.
-    follower = subprocess.Popen([sys.executable, "-m", "supervisor", "logs", run_id, "-f", "--while-stdin-open"],
-                                stdin=subprocess.PIPE, stdout=sys.stderr)
     try:
         return supervise(prep, payload, say, interrupts, opening)
     finally:
@@ -110,6 +107,23 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
         except subprocess.TimeoutExpired:
             follower.kill()
             follower.wait()
+
+
+def _start_follower(run_id: str) -> subprocess.Popen[bytes] | None:
+    """--follow's printer of the run's log, or None when it cannot be started:
+    the run is claimed by now, so it goes on without it (and is reported)."""
+    from supervisor.crash import fault_point
+
+    try:
+        fault_point("follow")
+        # A process of its own, not a thread: the supervisor forks its workers,
+        # and a thread holding stderr's lock at that moment would hang them.
+        return subprocess.Popen([sys.executable, "-m", "supervisor", "logs", run_id, "-f", "--while-stdin-open"],
+                                stdin=subprocess.PIPE, stdout=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - whatever it was, the claimed run must still run and be reported
+        say(f"warning: run {run_id}: --follow could not start its log printer ({exc}); the run goes on without it "
+            f"(its log: flywheel-bootstrap logs {run_id} -f)")
+        return None
 
 
 def _mention_leftover_spool(state_dir: Path) -> None:

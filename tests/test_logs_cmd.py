@@ -80,6 +80,19 @@ def test_run_follow_echoes_codex_events(env: Env, backend: LocalBackend) -> None
     assert token not in done.stderr
 
 
+def test_run_follow_goes_on_without_its_printer_when_it_cannot_start(env: Env, backend: LocalBackend) -> None:
+    """The printer is started after the fetch claimed the run: a failure to
+    start it must not leave the run unreported (or its cgroup behind)."""
+    run_id, token = backend.create_run()
+    done = env.run("--run-id", run_id, "--config", str(env.config()), "--server", backend.url, "--follow",
+                   extra={"FLYWHEEL_RUN_TOKEN": token, "FLYWHEEL_FAULT_CRASH_SUPERVISOR": "follow"})
+    assert done.returncode == 0, done.stderr
+    assert "--follow could not start its log printer (injected fault at 'follow'); the run goes on" in done.stderr
+    assert "Traceback" not in done.stderr and "codex turn completed" not in done.stderr
+    assert backend.run(run_id)["state"] == "complete"
+    assert len(backend.reports(run_id)) == 1
+
+
 def test_logs_of_an_unknown_run(env: Env) -> None:
     shown = env.run("logs", "no-such-run")
     assert shown.returncode == 2 and "no run no-such-run on this machine" in shown.stderr
