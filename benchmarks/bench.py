@@ -368,6 +368,7 @@ class Bench:
         printing = times["end"] - times["start"] if "end" in times else None
         if "start" in times:
             extra["first_line"] = times["start"] - start  # what Codex's first line waited for
+        extra["stored_rate"] = self.steady_rate(run_id)
         extra.update(cpu_by_pid={p: round(v, 2) for p, v in sorted(sampler.cpu.items())},
                      hwm_by_pid={p: round(v / 1024) for p, v in sorted(sampler.hwm.items())})
         result = RunResult(tool_name, label, run_id, proc.returncode, state, done - start, entries, printing,
@@ -394,10 +395,11 @@ class Bench:
             self.backend.clear_faults()
         own = json.loads(out.stdout)
         entries, last, _ = self.stored(run_id)
+        stored_rate = self.steady_rate(run_id)
         wall = (last or own["end"]) - start
         return {"entries": entries, "wall": wall, "rate": entries / wall if wall > 0 else 0.0,
                 "steady_rate": entries / max(1e-9, own["end"] - own["first_send"]),
-                "startup": own["first_send"] - start, "cpu": own["cpu"]}
+                "startup": own["first_send"] - start, "cpu": own["cpu"], "stored_rate": stored_rate}
 
     def stored(self, run_id: str) -> tuple[int, float | None, float | None]:
         """(entries stored, when the last one was, when the terminal report was)."""
@@ -409,6 +411,22 @@ class Bench:
         finally:
             conn.close()
         return count, iso_ts(last) if last else None, iso_ts(report) if report else None
+
+    def steady_rate(self, run_id: str) -> float | None:
+        """Entries the backend stored per second once delivery was going: from
+        the first stored batch to the last entry, that batch left out. Measured
+        at the backend alike for every client (the bare client's own
+        `steady_rate` is timed at the client)."""
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT received_at, count(*) FROM entries WHERE run_id = ? "
+                                "GROUP BY received_at ORDER BY received_at", (run_id,)).fetchall()
+        finally:
+            conn.close()
+        if len(rows) < 2:
+            return None
+        span = iso_ts(rows[-1][0]) - iso_ts(rows[0][0])
+        return sum(n for _, n in rows[1:]) / span if span > 0 else None
 
     def latencies(self, run_id: str) -> list[float]:
         """Seconds from the fake codex stamping each line to the backend storing it."""
@@ -674,6 +692,10 @@ class Session:
                     f"  until all {lines:,} entries are stored (start-up included)", median(r.wall for r in ours),
                     median(r.wall for r in original), "s", "≤ 1.5× bare" if log_batch else "", "{:.2f}",
                     bare=median(r["wall"] for r in bare)))
+                self.rows.append(Row(
+                    "  steady: entries stored per second from the first stored batch on",
+                    median(r.extra.get("stored_rate") for r in ours), None, "/s",
+                    "≥ 0.8× bare" if log_batch else "", bare=median(r["stored_rate"] for r in bare)))
                 self.rows.append(Row(
                     "  start-up: Codex's first line (bare client: its first request) after",
                     median(r.extra.get("first_line") for r in ours), median(r.extra.get("first_line") for r in original),
