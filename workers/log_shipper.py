@@ -276,7 +276,9 @@ class Shipper:
         step = self._step
         if step is not None and step.done:
             self._look = self._finish_step(step)
-        if self._step is None and (self._spool_changed() or self._look):
+        # A full disk ends the run; reading a step again per batch would only
+        # find the outbox still full (the loop tries between bursts, as before).
+        if self._step is None and not self.disk_full and (self._spool_changed() or self._look):
             self._look = self._begin_step() is not None or self.codex.last_read > 0
 
     def _spool_full(self, exc: OSError, out: list[bytes]) -> bool:
