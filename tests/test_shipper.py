@@ -5,6 +5,7 @@ a 413 split, a restart from shipper.json, token usage."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
@@ -13,12 +14,14 @@ from typing import Any
 
 import multiprocess  # type: ignore[import-untyped]
 import orjson
+import pytest
 from loopback import serving
 
 from supervisor.local_backend import LocalBackend
 from workers.common.spool import CODEX_OUT, EntryLog, ShipperState
 from workers.common.timing import Timing
 from workers.log_shipper import EncodeStep, Shipper, ShipperConfig
+from workers.messages import Drain, Drained, Stop
 from workers.run_processes import RunProcesses
 from workers.runtime import Channels, Mailbox
 
@@ -181,3 +184,55 @@ def test_the_next_lines_are_encoded_while_the_backend_stores_a_batch(tmp_path: P
     assert len(at_once) == lines + len(range(0, lines, 97))
     assert any(pending for pending, _ in posts)  # posts went out with the next step not encoded yet
     assert not any(gave_up for _, gave_up in posts)  # and it was encoded while they waited
+
+
+def run_in_thread(s: Shipper) -> threading.Thread:
+    """The shipper's own loop, as its worker runs it."""
+    thread = threading.Thread(target=s.run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("size", [200_000, 1_500_000])
+def test_a_long_entry_of_bootstrap_keeps_its_place_and_is_drained(tmp_path: Path, backend: LocalBackend,
+                                                                   size: int) -> None:
+    """One of bootstrap's entries longer than a step of Codex's output, even
+    than a whole step (a control command's text, say), written between two
+    Codex lines and right before the supervisor's drain: it goes out between
+    them, and the drain is answered only once it has."""
+    run_id, token = backend.create_run(log_batch=True)
+    append(tmp_path / CODEX_OUT, codex_line("before"))
+    EntryLog(tmp_path).write("info", "control command send_input (c1): " + "z" * size, "codex_event")
+    append(tmp_path / CODEX_OUT, codex_line("after"))
+    s = shipper(tmp_path, backend, run_id, token, log_batch=True)
+    s.mb.channels.commands.put(Drain("final"))
+    thread = run_in_thread(s)
+    drained = s.mb.channels.events.get()  # the shipper's answer (bounded by the test's timeout)
+    delivered = backend.entry_count(run_id)
+    s.mb.channels.commands.put(Stop())
+    thread.join(10)
+    assert isinstance(drained, Drained) and delivered == 3
+    order = [e["extra"]["event"]["item"]["text"] if e["extra"]["run_event_source"] == "codex" else "bootstrap"
+             for e in backend.entries(run_id)]
+    assert order == ["before", "bootstrap", "after"]
+
+
+def test_codex_lines_wait_for_an_entry_of_bootstrap_being_written(tmp_path: Path, backend: LocalBackend) -> None:
+    """Half an entry in bootstrap.jsonl (its writer not done): the Codex lines
+    not read yet wait for it (and the entries placed among them with them);
+    once it is whole, everything goes out in order."""
+    run_id, token = backend.create_run(log_batch=True)
+    append(tmp_path / CODEX_OUT, codex_line("before"))
+    EntryLog(tmp_path).write("info", "whole", "codex_event")
+    record = orjson.dumps({"created_at": "2026-11-30T00:00:00.000Z", "level": "info", "message": "late",
+                           "extra": {"run_event_source": "bootstrap", "run_event_kind": "codex_event"},
+                           "codex_offset": (tmp_path / CODEX_OUT).stat().st_size}) + b"\n"
+    append(tmp_path / "bootstrap.jsonl", record[:20])
+    append(tmp_path / CODEX_OUT, codex_line("after"))
+    s = shipper(tmp_path, backend, run_id, token, log_batch=True)
+    ship_all(s)
+    assert backend.entries(run_id) == []
+    append(tmp_path / "bootstrap.jsonl", record[20:])
+    ship_all(s)
+    assert [e["message"] if e["extra"]["run_event_source"] == "bootstrap" else e["extra"]["event"]["item"]["text"]
+            for e in backend.entries(run_id)] == ["before", "whole", "late", "after"]

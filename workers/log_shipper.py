@@ -181,6 +181,7 @@ class Shipper:
         self._direct = False  # delivering from memory now
         self._step: EncodeStep | None = None  # read, being encoded, not spooled yet
         self._look = True  # read the spool files on the next turn
+        self._codex_read_on = False  # the step's read of codex.out ended inside a line
 
     # -- encode ----------------------------------------------------------------
 
@@ -192,7 +193,7 @@ class Shipper:
             return False  # called while delivering from memory: that comes first
         step = self._step if self._step is not None else self._begin_step()
         if step is None:
-            return self.codex.last_read > 0  # inside a very long line: keep reading
+            return self._inside_a_long_line()
         step.advance()
         return self._finish_step(step)
 
@@ -205,12 +206,24 @@ class Shipper:
         waiting = self.state.outbox_size - self.state.delivered_offset
         return min(ENCODE_STEP, max(FIRST_STEP, waiting))
 
+    def _inside_a_long_line(self) -> bool:
+        """After a read that found no whole line: whether it read part of one
+        (so reading on finds more)."""
+        return self._codex_read_on or self.boot.last_read > 0
+
     def _begin_step(self) -> EncodeStep | None:
         """Read the next step's lines; None when there are none."""
         boot_start = self.boot.offset
-        size = self._step_bytes()
-        boot_lines = self.boot.read(max_bytes=size)
-        codex = self.codex.read_block(max_bytes=size)
+        boot_lines = self.boot.read(max_bytes=ENCODE_STEP)
+        if self.boot.mid_line:
+            # One of bootstrap's entries is not whole yet (longer than a read,
+            # or being written): it may belong before any Codex line not read
+            # yet, so those wait for it.
+            codex = LineBlock(self.codex.offset, [], {})
+            self._codex_read_on = False
+        else:
+            codex = self.codex.read_block(max_bytes=self._step_bytes())
+            self._codex_read_on = self.codex.last_read > 0
         if not boot_lines and not codex.data:
             return None
         records: list[tuple[int, int, dict[str, Any]]] = []  # (line start, codex offset, record)
@@ -239,7 +252,7 @@ class Shipper:
         self._step = None
         out = step.out
         if not out:
-            return self.codex.last_read > 0  # else only entries waiting for Codex's lines
+            return self._codex_read_on  # else only entries waiting for Codex's lines
         grown = len(out)
         try:
             append_whole(self.outbox_fd, out)
@@ -279,7 +292,7 @@ class Shipper:
         # A full disk ends the run; reading a step again per batch would only
         # find the outbox still full (the loop tries between bursts, as before).
         if self._step is None and not self.disk_full and (self._spool_changed() or self._look):
-            self._look = self._begin_step() is not None or self.codex.last_read > 0
+            self._look = self._begin_step() is not None or self._inside_a_long_line()
 
     def _spool_full(self, exc: OSError, out: list[bytes]) -> bool:
         """The outbox cannot grow (the disk is full). Say so once (the

@@ -225,6 +225,12 @@ class LineTail:
         self.last_read = max_bytes - budget
         return block
 
+    @property
+    def mid_line(self) -> bool:
+        """Whether the last read ended inside a line: its writer is not done,
+        or the line is longer than what one read takes."""
+        return self._scan > self.offset
+
     def rewind(self, offset: int) -> None:
         """Read again from `offset`, the start of a line already returned."""
         self.offset = self._scan = offset
