@@ -15,6 +15,7 @@ from typing import Any
 import multiprocess  # type: ignore[import-untyped]
 import orjson
 import pytest
+from faultkit import wait_until
 from loopback import serving
 
 from supervisor.local_backend import LocalBackend
@@ -207,7 +208,8 @@ def test_a_long_entry_of_bootstrap_keeps_its_place_and_is_drained(tmp_path: Path
     s = shipper(tmp_path, backend, run_id, token, log_batch=True)
     s.mb.channels.commands.put(Drain("final"))
     thread = run_in_thread(s)
-    drained = s.mb.channels.events.get()  # the shipper's answer (bounded by the test's timeout)
+    wait_until(lambda: not s.mb.channels.events.empty(), 30, "the shipper's answer to the drain")
+    drained = s.mb.channels.events.get()
     delivered = backend.entry_count(run_id)
     s.mb.channels.commands.put(Stop())
     thread.join(10)
