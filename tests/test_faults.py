@@ -27,8 +27,9 @@ from tests.faultkit import (
 WORKERS = ["log-shipper", "heartbeat", "artifact-watcher"]
 
 
-def launch(env: Env, backend: LocalBackend, mode: str, **extra: str) -> tuple[str, subprocess.Popen[str]]:
-    run_id, token = backend.create_run(prompt="Work.")
+def launch(env: Env, backend: LocalBackend, mode: str, log_batch: bool = False,
+           **extra: str) -> tuple[str, subprocess.Popen[str]]:
+    run_id, token = backend.create_run(prompt="Work.", log_batch=log_batch)
     proc = env.start("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
                      extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": mode,
                             "FAKE_CODEX_GATE": str(gate_path(env)), **extra})
@@ -62,9 +63,12 @@ def test_sigkilled_worker_is_replaced_and_nothing_is_lost(env: Env, backend: Loc
     assert "Traceback" not in err
 
 
-def test_soak_twenty_random_worker_kills_during_10000_lines(env: Env, backend: LocalBackend) -> None:
+@pytest.mark.parametrize("log_batch", [False, True])
+def test_soak_twenty_random_worker_kills_during_10000_lines(env: Env, backend: LocalBackend, log_batch: bool) -> None:
     # 10,000 lines at once, then more at a steady pace until the kills are done.
-    run_id, proc = launch(env, backend, "lines=10000,gate=0.002", FLYWHEEL_TIMING_MAX_RESTARTS="100")
+    # With log_batch the log-shipper is also killed while it encodes a step
+    # during a batch's post.
+    run_id, proc = launch(env, backend, "lines=10000,gate=0.002", log_batch, FLYWHEEL_TIMING_MAX_RESTARTS="100")
     state = env.state(run_id)
     wait_until(lambda: workers(state), 20, "the workers")
     rng = random.Random(20261129)
