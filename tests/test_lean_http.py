@@ -442,3 +442,21 @@ def test_work_meanwhile_runs_once_the_request_is_out(size: int) -> None:
             assert client.post_once("/logs", b"{}").status == 200  # the same connection
         thread.join(10)
     assert seen == [False, True]
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), ConnectionResetError(104, "reset"),
+                                   ValueError("a bug")])
+def test_what_meanwhile_raises_is_not_a_transport_failure(error: Exception) -> None:
+    """An error of the caller's own work is raised as it was: not an
+    Answer(0) to retry (a backend blamed for a full disk), nor swallowed like
+    a server closing after its answer; the connection is not reused."""
+
+    def meanwhile(answered: Callable[[], bool]) -> None:
+        raise error
+
+    with Scripted([]) as server, Backend(server.url, "r1", "t", TIMING) as client:
+        with pytest.raises(type(error)) as raised:
+            client.post_once("/logs", b'{"seq":1}', meanwhile=meanwhile)
+        assert raised.value is error
+        assert client.post_once("/logs", b'{"seq":2}').status == 200
+    assert [number for number, _ in server.requests] == [1, 2]

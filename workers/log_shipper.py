@@ -497,10 +497,10 @@ class Shipper:
         """Deliver for a while before looking at the spool files again."""
         until = time.monotonic() + seconds
         while self.state.pending and time.monotonic() < until and not self.stopping:
+            # Only with batches: one entry per request, the round trips are the
+            # limit and encoding is ~1% of them, not worth a look at the spool
+            # files per entry.
             if self.cfg.log_batch:
-                # One entry per request, the round trips are the limit and
-                # encoding is ~1% of them: not worth a look at the spool files
-                # per entry.
                 self._keep_encoding()
             self.deliver_some()
         self.mb.tick()

@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import requests
 
 from workers.common.backoff import backoff_delay
 from workers.common.errors import BackendUnavailable
-from workers.common.lean_http import LeanPoster, Meanwhile, TransportError
+from workers.common.lean_http import LeanPoster, Meanwhile, MeanwhileFailed, TransportError
 from workers.common.net_trouble import describe
 from workers.common.timing import Timing
 
@@ -80,6 +80,8 @@ class Backend:
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         try:
             status, content = self._poster.post(path, data, progress, meanwhile)
+        except MeanwhileFailed as failed:
+            raise cast(Exception, failed.__cause__) from None  # the caller's own error, as raised
         except TransportError as exc:
             return Answer(0, why=describe(exc, self.base))
         return Answer(status, content)

@@ -87,16 +87,24 @@ def request_head(conn: HTTPConnection, url: str, headers: dict[str, str], method
 
 
 # Work to do while the server answers: called once the request is out, with a
-# function that says whether the answer has begun to arrive (no wait). It must
-# do no I/O: an OSError it raised would read as the connection failing.
+# function that says whether the answer has begun to arrive (no wait). What it
+# raises comes out of a post as MeanwhileFailed, never as a transport failure.
 Meanwhile = Callable[[Callable[[], bool]], None]
+
+
+class MeanwhileFailed(Exception):
+    """Carries what `meanwhile` raised past the transport error handling
+    (its `__cause__`); the caller of the post raises that again."""
 
 
 def _meanwhile(sock: Any, meanwhile: Meanwhile | None) -> None:
     if meanwhile is not None:
         poll = select.poll()
         poll.register(sock, select.POLLIN)
-        meanwhile(lambda: bool(poll.poll(0)))
+        try:
+            meanwhile(lambda: bool(poll.poll(0)))
+        except Exception as exc:
+            raise MeanwhileFailed from exc
 
 
 def _exchange(conn: HTTPConnection, head: bytes, data: bytes, progress: Callable[[], None] | None,
