@@ -45,6 +45,7 @@ from workers import heartbeat
 from workers.artifacts import ManifestRead, artifact_files, read_manifest
 from workers.common.backend_client import Answer, Backend
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_UNREPORTED
+from workers.common.files import replace_file
 from workers.common.names import MANIFEST_NAME, PROMPT_NAME
 from workers.common.redact import Redactor
 from workers.common.spool import (
@@ -442,7 +443,7 @@ class RunSupervisor:
     def _write_prompt(self) -> Path:
         p = self.prep
         prompt_file = p.workspace / PROMPT_NAME
-        prompt_file.write_text(build_prompt(self.payload["prompt"], p.config.instructions), encoding="utf-8")
+        replace_file(prompt_file, build_prompt(self.payload["prompt"], p.config.instructions).encode("utf-8"))
         return prompt_file
 
     def _codex_phase(self, prompt_file: Path) -> tuple[Decision, ManifestRead]:

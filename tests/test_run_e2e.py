@@ -4,6 +4,7 @@ the fake codex (tests/fake_codex) on PATH."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,40 @@ def test_artifact_outside_workspace_is_never_read(env: Env, backend: LocalBacken
     assert "inline ok" in posted
     warnings = [e["message"] for e in backend.entries(run_id) if e["level"] == "warning"]
     assert sum("outside" in w for w in warnings) >= 3
+
+
+@pytest.mark.parametrize("what", ["symlink", "fifo"])
+def test_the_prompt_replaces_what_stands_at_its_name_never_writes_through_it(
+        env: Env, backend: LocalBackend, what: str) -> None:
+    # A reused workspace may hold what an earlier, sandboxed Codex left at the
+    # prompt's name: a link out of the workspace must not be written through
+    # (bootstrap is not sandboxed), and a FIFO must not block the run.
+    run_id, token, config = start_run(backend, env)
+    ws = env.workspace(run_id)
+    ws.mkdir(parents=True)
+    victim = env.tmp / "victim.txt"
+    victim.write_text("PRECIOUS")
+    if what == "symlink":
+        (ws / "flywheel_prompt.txt").symlink_to(victim)
+    else:
+        os.mkfifo(ws / "flywheel_prompt.txt")
+    result = bootstrap(env, backend, run_id, token, config)
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "PRECIOUS"
+    prompt = ws / "flywheel_prompt.txt"
+    assert prompt.is_file() and not prompt.is_symlink()
+    assert "Write a report." in prompt.read_text()
+    assert not [p.name for p in ws.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_folder_at_the_prompts_name_is_a_reported_error_naming_it(env: Env, backend: LocalBackend) -> None:
+    run_id, token, config = start_run(backend, env)
+    (env.workspace(run_id) / "flywheel_prompt.txt").mkdir(parents=True)
+    result = bootstrap(env, backend, run_id, token, config)
+    assert result.returncode == 1, result.stderr
+    run = backend.run(run_id)
+    assert run["state"] == "error"
+    assert "flywheel_prompt.txt is a folder" in run["reason"]
 
 
 def test_refused_entries_are_dropped_not_retried(env: Env, backend: LocalBackend) -> None:

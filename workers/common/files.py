@@ -57,6 +57,29 @@ def write_private(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
         raise
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `path` as a new regular file, never through whatever stands at that
+    name: a symlink (which could point out of a workspace that an earlier,
+    sandboxed Codex wrote) or a FIFO is replaced, not followed or opened."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a crash; unlink removes a link, not its target
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except IsADirectoryError:
+            raise IsADirectoryError(f"{path} is a folder, where bootstrap writes a file: remove or rename it") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def make_private_dir(path: Path, label: str, hint: str = "") -> None:
     """Create `path` (parents too) as 0700, also when it already existed."""
     try:
