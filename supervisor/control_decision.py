@@ -90,6 +90,22 @@ def input_text(payload: Any) -> str | None:
     return text if isinstance(text, str) and text.strip() else None
 
 
+# The text goes to `codex exec resume` as one argument, and Linux refuses an
+# argument over 128 KiB (MAX_ARG_STRLEN) or with a NUL in it: such an input
+# must fail on its own, not take the run down when Codex cannot be started.
+MAX_INPUT_BYTES = 100 * 1024
+
+
+def input_problem(text: str) -> str | None:
+    """Why Codex cannot be given `text`, or None."""
+    if "\0" in text:
+        return "send_input's payload.text holds a NUL character, which cannot be passed to codex"
+    size = len(text.encode("utf-8"))
+    if size > MAX_INPUT_BYTES:
+        return f"send_input's payload.text is {size:,} bytes; codex takes at most {MAX_INPUT_BYTES:,}"
+    return None
+
+
 def decide_command(command: Any, payload: Any, run: RunView) -> ControlDecision:
     """The row of the table in docs/control-channel.md that applies to `command` now."""
     mode = run.mode
@@ -108,6 +124,9 @@ def decide_command(command: Any, payload: Any, run: RunView) -> ControlDecision:
         text = input_text(payload)
         if text is None:
             return ControlDecision(mode, Step.NOTHING, _ignored("send_input needs a non-empty payload.text"))
+        problem = input_problem(text)
+        if problem is not None:
+            return ControlDecision(mode, Step.NOTHING, _failed(problem))
         if run.input_running:
             return ControlDecision(mode, Step.NOTHING, _failed("another input is still running"))
         if not run.thread_id_known:

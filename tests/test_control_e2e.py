@@ -128,6 +128,23 @@ def ledger_ack(run: Run, command_id: str) -> dict[str, Any] | None:
         return None
 
 
+def test_an_input_codex_cannot_take_fails_alone_and_the_run_stays_interactive(env: Env,
+                                                                             backend: LocalBackend) -> None:
+    # A NUL, or text over Linux's limit for one argument, used to make the
+    # input's Codex fail to start and take the whole run down, unacknowledged.
+    run = Run(env, backend)
+    taken_over(run)
+    for text, words in (("hello\0world", "NUL"), ("x" * 200_000, "at most")):
+        failed = run.ack(run.command("send_input", {"text": text}))
+        assert failed["status"] == "failed" and words in failed["detail"], failed
+    assert backend.run(run.run_id)["state"] == "claimed" and not run.calls("exec resume")
+    run.gate.touch()
+    assert run.ack(run.command("resume_autonomous"))["status"] == "applied"
+    code, err = run.finish()
+    assert code == 0, err
+    assert backend.run(run.run_id)["state"] == "complete"
+
+
 def test_worker_killed_between_applying_and_acking_applies_once(env: Env, backend: LocalBackend) -> None:
     run = Run(env, backend, mode="gate")
     taken_over(run)
