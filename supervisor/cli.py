@@ -56,8 +56,10 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"), meanwhile=_import_before_the_fetch)
     from supervisor.signals import Aborted, Interrupts
     from workers.common.backend_client import Backend
+    from supervisor.run_lock import hold_run
     from workers.run_processes import begin_run, sweep_left_processes
 
+    hold_run(prep.state_dir, run_id, timing.run_lock_wait, say)  # held until this run's last process ends
     sweep_left_processes(prep.state_dir.parent, say)
     def retrying(why: str, attempt: int) -> None:
         if attempt == 2:  # once: the final failure names the last reason again

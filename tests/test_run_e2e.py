@@ -11,6 +11,7 @@ import pytest
 
 from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
+from tests.faultkit import finish, wait_until
 
 
 def start_run(backend: LocalBackend, env: Env, **payload: object) -> tuple[str, str, Path]:
@@ -255,6 +256,29 @@ def test_a_folder_at_the_prompts_name_is_a_reported_error_naming_it(env: Env, ba
     run = backend.run(run_id)
     assert run["state"] == "error"
     assert "flywheel_prompt.txt is a folder" in run["reason"]
+
+
+def test_a_second_start_of_a_running_run_on_this_host_is_refused(
+        env: Env, backend: LocalBackend) -> None:
+    # Two starts sharing one state folder sent different entries under one seq
+    # and two terminal reports; the local backend hands a claimed run out again.
+    run_id, token, config = start_run(backend, env)
+    gate = env.tmp / "codex-may-finish"
+    first = env.start("--run-id", run_id, "--config", str(config), "--server", backend.url,
+                      extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "gate", "FAKE_CODEX_GATE": str(gate)})
+    try:
+        wait_until(lambda: (env.state(run_id) / "codex.out").exists(), 60, "the first start's codex")
+        second = bootstrap(env, backend, run_id, token, config, FLYWHEEL_TIMING_RUN_LOCK_WAIT="0.5")
+        assert second.returncode == 2, second.stderr
+        assert "already being run by another bootstrap on this machine" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        gate.touch()
+        code, err = finish(first)
+    assert code == 0, err
+    assert backend.run(run_id)["state"] == "complete"
+    seqs = [e["extra"]["seq"] for e in backend.entries(run_id)]
+    assert seqs == list(range(1, len(seqs) + 1))
 
 
 def test_refused_entries_are_dropped_not_retried(env: Env, backend: LocalBackend) -> None:

@@ -40,6 +40,9 @@ class Timing:
     # (404/405) is asked again only this often.
     control_poll_interval: float = 1.0
     control_absent_retry: float = 60.0
+    # A second start of a run waits this long for the earlier start's processes
+    # (orphaned workers finish their last write) before it refuses.
+    run_lock_wait: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: float | int | None) -> Timing:
