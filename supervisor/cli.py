@@ -54,9 +54,9 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
         home=flywheel_home(), mock=bool(os.environ.get("BOOTSTRAP_MOCK_CODEX")),
     )
     prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"), meanwhile=_import_before_the_fetch)
+    from supervisor.run_lock import hold_run
     from supervisor.signals import Aborted, Interrupts
     from workers.common.backend_client import Backend
-    from supervisor.run_lock import hold_run
     from workers.run_processes import begin_run, sweep_left_processes
 
     hold_run(prep.state_dir, run_id, timing.run_lock_wait, say)  # held until this run's last process ends
@@ -338,10 +338,16 @@ def prune(older_than: float, dry_run: bool) -> None:
     freed = 0
     problems = []
     found = find_prunable(home, older_than)
+    if not dry_run and any(item.left_running for item in found):
+        from workers.run_processes import sweep_left_processes
+
+        # As the next start would: their record is the only way to find them.
+        sweep_left_processes(home / "state", say)
     for item in found:
         what = " and ".join(str(f) for f in item.folders)
         if dry_run:
-            click.echo(f"would remove run {item.run_id}: {what} ({item.size / 1024**2:.1f} MiB, idle "
+            first = "end the processes its killed bootstrap left running, then " if item.left_running else ""
+            click.echo(f"would {first}remove run {item.run_id}: {what} ({item.size / 1024**2:.1f} MiB, idle "
                        f"{format_elapsed(item.idle_s)})")
             continue
         problem = remove(item)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.logs_view import supervisor_alive
+from supervisor.run_lock import run_locked
+from workers.run_processes import RunProcesses
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class Prunable:
     folders: tuple[Path, ...]
     idle_s: float
     size: int
+    # Its bootstrap was killed whole and left processes running: they are
+    # ended (workers.run_processes.sweep_left_processes) before it is removed.
+    left_running: bool = False
 
 
 def _walk_files(folder: Path) -> Iterator[os.stat_result]:
@@ -44,16 +49,24 @@ def size_of(folder: Path) -> int:
     return sum(st.st_size for st in _walk_files(folder))
 
 
+def left_running(state_dir: Path) -> bool:
+    """Processes that the run's Codex started are still alive although its
+    bootstrap is gone (killed whole): only its containment record finds them."""
+    record = RunProcesses.load(state_dir)
+    return record is not None and bool(record.members())
+
+
 def find_prunable(home: Path, older_than: float, now: float | None = None) -> list[Prunable]:
-    """Runs whose bootstrap is not running and whose state folder has not changed
-    for `older_than` seconds, oldest first."""
+    """Runs whose bootstrap and workers are gone and whose state folder has not
+    changed for `older_than` seconds, oldest first."""
     now = time.time() if now is None else now
     state_root = home / "state"
     found: list[Prunable] = []
     if not state_root.is_dir():
         return found
     for state_dir in sorted(state_root.iterdir()):
-        if not state_dir.is_dir() or state_dir.is_symlink() or supervisor_alive(state_dir):
+        if not state_dir.is_dir() or state_dir.is_symlink() or supervisor_alive(state_dir) \
+                or run_locked(state_dir):
             continue
         idle = now - last_change(state_dir)
         if idle < older_than:
@@ -62,12 +75,16 @@ def find_prunable(home: Path, older_than: float, now: float | None = None) -> li
         workspace = home / "runs" / state_dir.name
         if workspace.is_dir() and not workspace.is_symlink():
             folders.append(workspace)
-        found.append(Prunable(state_dir.name, tuple(folders), idle, sum(size_of(f) for f in folders)))
+        found.append(Prunable(state_dir.name, tuple(folders), idle, sum(size_of(f) for f in folders),
+                              left_running(state_dir)))
     return sorted(found, key=lambda p: -p.idle_s)
 
 
 def remove(item: Prunable) -> str | None:
-    """Delete the run's folders; a problem as text, or None."""
+    """Delete the run's folders; a problem as text, or None. A run that left
+    processes running must have had them ended first (its record is gone)."""
+    if item.left_running and left_running(item.folders[0]):
+        return "the processes its bootstrap left running could not be ended"
     for folder in item.folders:
         try:
             shutil.rmtree(folder)

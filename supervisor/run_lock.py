@@ -45,3 +45,18 @@ def hold_run(state_dir: Path, run_id: str, wait: float, say: Callable[[str], Non
                 say(f"run {run_id}: waiting up to {wait:g} s for an earlier bootstrap of this run to end")
                 waited = True
             time.sleep(_RETRY_EVERY)
+
+
+def run_locked(state_dir: Path) -> bool:
+    """Whether a bootstrap of this run, or a process it forked, is still alive."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # frees the shared lock taken just to look
+    return False

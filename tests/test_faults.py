@@ -3,9 +3,11 @@ SIGSTOPped, the backend down, the supervisor killed, bootstrap interrupted."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -245,6 +247,33 @@ def test_next_start_sweeps_what_a_bootstrap_killed_whole_left(env: Env, backend:
     assert f"left running for run {run_id}" in again.stderr
     assert not any(alive(p) for p in pids)
     assert not (state / "containment.json").exists()
+
+
+def test_prune_ends_what_a_bootstrap_killed_whole_left_before_removing_its_record(
+        env: Env, backend: LocalBackend) -> None:
+    # prune used to remove the containment record of such a run, and with it
+    # the only way any later start could find and end its processes.
+    run_id, proc, pids = launch_shapes(env, backend, "sleep=60")
+    state = env.state(run_id)
+    helpers = [p for n, p in wait_until(lambda: workers(state), 5, "workers").items() if n != "supervisor"]
+    kill(proc.pid, signal.SIGSTOP)
+    for pid in (*helpers, pids[0], proc.pid):
+        kill(pid, signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: not any(alive(p) for p in [proc.pid, *helpers, pids[0]]), 5, "the bootstrap's own processes")
+    assert all(alive(p) for p in pids[1:])
+    past = time.time() - 3600
+    for path in [state, *state.rglob("*")]:
+        os.utime(path, (past, past), follow_symlinks=False)
+    looked = env.run("prune", "--older-than", "1m", "--dry-run")
+    assert looked.returncode == 0, looked.stderr
+    assert f"would end the processes its killed bootstrap left running, then remove run {run_id}" in looked.stdout
+    assert all(alive(p) for p in pids[1:]) and (state / "containment.json").exists()
+    pruned = env.run("prune", "--older-than", "1m")
+    assert pruned.returncode == 0, pruned.stderr
+    assert f"left running for run {run_id}" in pruned.stderr
+    assert not any(alive(p) for p in pids)
+    assert f"removed run {run_id}" in pruned.stdout and not state.exists()
 
 
 def test_restart_after_crash_delivers_the_spool_first(env: Env, backend: LocalBackend) -> None:
