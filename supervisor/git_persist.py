@@ -34,10 +34,9 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from workers.common.errors import ConfigError
 from workers.common.files import write_private
-from workers.common.names import MANIFEST_NAME, PROMPT_NAME
+from workers.common.names import CREDENTIALS_NAME, MANIFEST_NAME, PROMPT_NAME
 from workers.common.redact import mask, mask_url_userinfo
 
-CREDENTIALS_NAME = "git-credentials"
 # Written once the clone is ready; persist() refuses to touch a repository without
 # it, so a workspace that merely happens to be a git repository is never pushed.
 MARKER_NAME = "git-persist.json"

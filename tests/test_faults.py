@@ -25,6 +25,7 @@ from tests.faultkit import (
     wait_until,
     workers,
 )
+from workers.common.names import CREDENTIALS_NAME
 
 WORKERS = ["log-shipper", "heartbeat", "artifact-watcher"]
 
@@ -180,9 +181,12 @@ def test_supervisor_sigkill_leaves_no_process_behind(env: Env, backend: LocalBac
     run_id, proc, pids = launch_shapes(env, backend, "sleep=60", **engine)
     state = env.state(run_id)
     pids += [p for n, p in wait_until(lambda: workers(state), 5, "workers").items() if n != "supervisor"]
+    # A push of this start will never come: the token for it must not stay on disk.
+    (state / CREDENTIALS_NAME).write_text("https://x-access-token:ghp_stand-in@example.com\n")
     proc.kill()
     proc.wait()
     wait_until(lambda: not any(alive(p) for p in pids), 5, "codex, every process it started and the workers to die")
+    assert not (state / CREDENTIALS_NAME).exists()
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -233,6 +237,7 @@ def test_next_start_sweeps_what_a_bootstrap_killed_whole_left(env: Env, backend:
     state = env.state(run_id)
     helpers = [p for n, p in wait_until(lambda: workers(state), 5, "workers").items() if n != "supervisor"]
     # Frozen first, so that it neither replaces its workers nor ends Codex's commands.
+    (state / CREDENTIALS_NAME).write_text("https://x-access-token:ghp_stand-in@example.com\n")
     kill(proc.pid, signal.SIGSTOP)
     for pid in (*helpers, pids[0], proc.pid):
         kill(pid, signal.SIGKILL)
@@ -247,6 +252,7 @@ def test_next_start_sweeps_what_a_bootstrap_killed_whole_left(env: Env, backend:
     assert f"left running for run {run_id}" in again.stderr
     assert not any(alive(p) for p in pids)
     assert not (state / "containment.json").exists()
+    assert not (state / CREDENTIALS_NAME).exists(), "the killed start's git credentials are dropped too"
 
 
 def test_prune_ends_what_a_bootstrap_killed_whole_left_before_removing_its_record(

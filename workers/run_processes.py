@@ -34,6 +34,7 @@ from pathlib import Path
 import orjson
 
 from workers.common.files import write_private
+from workers.common.names import CREDENTIALS_NAME
 
 MARKER_VAR = "FLYWHEEL_RUN_MARKER"
 # "marker" forces the fallback (for tests, or a host whose cgroups misbehave).
@@ -705,9 +706,17 @@ def sweep_stale(state_root: Path, timeout: float = 5.0) -> list[str]:
         record = RunProcesses.load(folder)
         if record is None or record.owner_alive():
             continue
+        drop_secrets(folder)
         if record.end(folder, timeout) is not None:
             swept.append(folder.name)
     return swept
+
+
+def drop_secrets(state_dir: Path) -> None:
+    """The run's supervisor is dead: no push of this start will need the git
+    credentials any more (a restart writes them again), so none stays on disk."""
+    with contextlib.suppress(FileNotFoundError):
+        (state_dir / CREDENTIALS_NAME).unlink()
 
 
 def _sweep_empty_cgroups() -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
 
 from workers.messages import Command, Event
-from workers.run_processes import RunProcesses
+from workers.run_processes import RunProcesses, drop_secrets
 
 PR_SET_PDEATHSIG = 1
 TICK_EVERY = 1.0
@@ -118,6 +118,7 @@ ORPHAN_KILL_WAIT = 5.0
 def _orphaned(channels: Channels, state_dir: Path) -> None:
     """The supervisor is gone: nobody else will end the run's processes (and
     free its GPUs), so do it and leave."""
+    drop_secrets(state_dir)
     channels.run_processes.end(state_dir, ORPHAN_KILL_WAIT)
     os._exit(1)
 

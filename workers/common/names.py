@@ -6,6 +6,8 @@ from __future__ import annotations
 
 MANIFEST_NAME = "flywheel_artifacts.json"  # Codex lists its artifacts here
 PROMPT_NAME = "flywheel_prompt.txt"  # bootstrap writes Codex's prompt here
+# In the run's state folder: the GitHub token for git, while a push may need it.
+CREDENTIALS_NAME = "git-credentials"
 
 MAX_RUN_ID_LENGTH = 128
 
