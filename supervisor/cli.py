@@ -97,18 +97,33 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     from supervisor.run import supervise
 
     follower = _start_follower(run_id) if follow else None
-    if follower is None:
-        return supervise(prep, payload, say, interrupts, opening)
     try:
         return supervise(prep, payload, say, interrupts, opening)
     finally:
-        assert follower.stdin is not None
-        follower.stdin.close()  # tells it to print what is left and stop
-        try:
-            follower.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            follower.kill()
-            follower.wait()
+        if follower is not None:
+            _stop_follower(follower)
+        _mention_refused_entries(run_id, prep.state_dir)
+
+
+def _stop_follower(follower: subprocess.Popen[bytes]) -> None:
+    assert follower.stdin is not None
+    follower.stdin.close()  # tells it to print what is left and stop
+    try:
+        follower.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        follower.kill()
+        follower.wait()
+
+
+def _mention_refused_entries(run_id: str, state_dir: Path) -> None:
+    """Entries the backend refused are dropped, not retried (SPEC 9): the run
+    still completes, so its end is where the person hears they are missing."""
+    from workers.common.spool import ShipperState
+
+    refused = ShipperState.load(state_dir).dropped
+    if refused:
+        say(f"warning: run {run_id}: the backend refused {refused:,} log entr{'y' if refused == 1 else 'ies'}; "
+            f"they were dropped, not retried (flywheel-bootstrap logs {run_id} shows every entry)")
 
 
 def _start_follower(run_id: str) -> subprocess.Popen[bytes] | None:

@@ -143,5 +143,13 @@ def show(state_dir: Path, out: Callable[[str], None], *, as_json: bool, follow: 
                 parts.append(f"{unencoded:,} bytes of output are not encoded yet")
             out(f"-- {'; '.join(parts)}; they are in {state_dir}")
         elif shown:
-            out(f"-- all {state.delivered:,} entries were shipped")
+            out(_shipped_line(state.delivered, state.dropped))
     return shown
+
+
+def _shipped_line(delivered: int, refused: int) -> str:
+    """`delivered` counts every entry the backend answered, refused ones too."""
+    if not refused:
+        return f"-- all {delivered:,} entries were shipped"
+    return (f"-- {delivered - refused:,} of {delivered:,} entries were shipped; the backend refused {refused:,} "
+            f"(dropped, not retried)")

@@ -290,6 +290,11 @@ def test_refused_entries_are_dropped_not_retried(env: Env, backend: LocalBackend
     assert len(seqs) == seqs[-1] - 3 and seqs == sorted(seqs)
     log = (env.state(run_id) / "worker-log-shipper.log").read_text()
     assert log.count("refused log entries") == 1
+    # Said where the person looks, not only in the worker's log.
+    assert f"run {run_id}: the backend refused 3 log entries; they were dropped" in result.stderr
+    shown = env.run("logs", run_id)
+    assert shown.stdout.splitlines()[-1] == f"-- {len(seqs):,} of {len(seqs) + 3:,} entries were shipped; " \
+        "the backend refused 3 (dropped, not retried)"
 
 
 def test_codex_timeout_stops_codex_and_reports_error(env: Env, backend: LocalBackend) -> None:
