@@ -55,6 +55,7 @@ from workers.common.spool import (
     EntryLog,
     ShipperState,
     disk_full_reason,
+    forget_outage,
     give_back,
     is_disk_full,
     set_aside,
@@ -411,6 +412,7 @@ class RunSupervisor:
         for name in (CODEX_OUT, BOOTSTRAP_LOG):
             self._terminate_last_line(self.state / name)  # torn lines of a crashed earlier start
         set_aside(self.state)
+        forget_outage(self.state)
         self.interrupts.install()
         fault_point("containment")
         self._open_processes()

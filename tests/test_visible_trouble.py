@@ -4,9 +4,11 @@ and live views and the log-shipper's own log; TLS/DNS/refused named."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,22 @@ def test_single_run_says_when_the_backend_stops_and_comes_back(env: Env, backend
     assert sum("backend unreachable" in line for line in seen) == 1
     log = (env.state(run_id) / "worker-log-shipper.log").read_text()
     assert "the backend does not answer (HTTP 503)" in log and "the backend answers again after" in log
+
+
+def test_a_restart_does_not_report_an_outage_an_earlier_start_recorded(env: Env, backend: LocalBackend) -> None:
+    # A start killed during an outage leaves it in shipper.json; the backend
+    # has answered since, and a new start used to say it was unreachable.
+    run_id, token = backend.create_run(log_batch=True)
+    state = env.state(run_id)
+    state.mkdir(parents=True)
+    (state / "shipper.json").write_text(json.dumps(
+        {"backend_down_since": time.time() - 25, "backend_trouble": "HTTP 503"}))
+    # Slow, not failing: the first delivery clears an outage once it is answered.
+    backend.set_faults(delay_ms=2000, paths=["/logs"])
+    done = env.run("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
+                   extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "ok"})
+    assert done.returncode == 0, done.stderr
+    assert "backend unreachable" not in done.stderr and "answers again" not in done.stderr
 
 
 def test_fetch_failure_is_said_at_once_and_named(env: Env, backend: LocalBackend) -> None:

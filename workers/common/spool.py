@@ -398,3 +398,12 @@ class OutboxReader:
 
     def close(self) -> None:
         self._file.close()
+
+
+def forget_outage(state_dir: Path) -> None:
+    """A new start of the run: an outage an earlier start recorded is not news
+    (the backend may have answered for an hour since); this start's shipper
+    records its own. Called before the workers start, so nobody else writes."""
+    state = ShipperState.read(state_dir)
+    if state is not None and state.backend_down_since is not None:
+        state.evolve(backend_down_since=None, backend_trouble="").save(state_dir)
