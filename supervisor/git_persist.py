@@ -358,7 +358,9 @@ def _git(
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
-    return _Result(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+    # File names in the output go back to git as pathspecs: decoded so that a
+    # name that is not UTF-8 round-trips (os.fsencode) instead of being mangled.
+    return _Result(proc.returncode, os.fsdecode(out), err.decode("utf-8", "replace"))
 
 
 def _check(what: str, result: _Result) -> _Result:
@@ -533,6 +535,11 @@ def _too_big(workspace: Path, rel: str, cap: int) -> bool:
     return st.st_size > cap and not os.path.islink(workspace / rel) and os.path.isfile(workspace / rel)
 
 
+def _shown(name: str) -> str:
+    """A file name for a message: one that is not UTF-8 with its odd bytes as �."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
 def _nul_list(text: str) -> list[str]:
     return [p for p in text.split("\0") if p]
 
@@ -615,16 +622,16 @@ def _persist(
     # would cost minutes and disk.
     if to_add:
         git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul", what="git add",
-            stdin=b"\0".join(p.encode() for p in to_add))  # fmt: skip
+            stdin=b"\0".join(os.fsencode(p) for p in to_add))  # fmt: skip
     # Codex may have run `git add` itself: whatever it staged is checked too.
     staged = _nul_list(git("diff", "--cached", "--name-only", "-z", "--no-renames", what="git diff").out)
     unstage = [p for p in staged if _is_excluded(p, excluded) or _too_big(workspace, p, max_file_bytes)]
     oversized.update(p for p in unstage if not _is_excluded(p, excluded))
     if unstage:
         git("reset", "-q", "--pathspec-from-file=-", "--pathspec-file-nul", what="git reset",
-            stdin=b"\0".join(p.encode() for p in unstage))  # fmt: skip
+            stdin=b"\0".join(os.fsencode(p) for p in unstage))  # fmt: skip
     if oversized:
-        listed = ", ".join(sorted(oversized))
+        listed = ", ".join(_shown(p) for p in sorted(oversized))
         notes.append(
             _warning(f"Not committed, larger than {max_file_bytes} bytes ({ENV_MAX_FILE}): {listed}")
         )

@@ -194,6 +194,24 @@ def test_clone_new_branch_commit_and_push(remote: Remote, dirs: tuple[Path, Path
     assert all(TOKEN not in n.message for n in notes)
 
 
+def test_a_file_name_that_is_not_utf8_is_committed_with_the_rest(remote: Remote, dirs: tuple[Path, Path]) -> None:
+    # Its name used to come back from `git status` mangled, so `git add` of
+    # the whole list failed and none of the run's changes were pushed.
+    workspace, state = dirs
+    ctx = remote.ctx()
+    prepare_repo(ctx, TOKEN, workspace, state)
+    (workspace / "train.py").write_text("print('hi')\n")
+    odd = os.fsdecode(b"data-\xff.txt")
+    (workspace / odd).write_text("x\n")
+    (workspace / os.fsdecode(b"big-\xfe.bin")).write_bytes(b"\0" * 5000)
+    notes = do_persist(ctx, workspace, state, max_file_bytes=1000)
+    assert levels(notes) == ["warning", "info"], notes
+    assert "big-\ufffd.bin" in notes[0].message and "Pushed" in notes[1].message
+    ls = subprocess.run(["git", "--git-dir", str(remote.path), "ls-tree", "-r", "-z", "--name-only",
+                         "refs/heads/flywheel/run-42"], capture_output=True, check=True).stdout
+    assert set(ls.split(b"\0")) - {b""} == {b"README.md", b"train.py", b"data-\xff.txt"}
+
+
 def test_existing_branch_is_checked_out_from_remote(remote: Remote, dirs: tuple[Path, Path]) -> None:
     workspace, state = dirs
     ctx = remote.ctx(branch="existing")
