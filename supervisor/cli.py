@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from supervisor import __version__
 from supervisor.durations import DURATION
 from supervisor.plain_output import stamp
 from supervisor.settings import RunSettings
-from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_SIGINT, EXIT_USAGE, BootstrapError
+from workers.common.errors import EXIT_BACKEND, EXIT_OK, EXIT_RUN_ERROR, EXIT_SIGINT, EXIT_USAGE, BootstrapError
 from workers.common.files import flywheel_home
 from workers.common.timing import Timing
 
@@ -56,7 +57,7 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"), meanwhile=_import_before_the_fetch)
     from supervisor.run_lock import hold_run
     from supervisor.signals import Aborted, Interrupts
-    from workers.common.backend_client import Backend
+    from workers.common.backend_client import Backend, MalformedPayload
     from workers.run_processes import begin_run, sweep_left_processes
 
     hold_run(prep.state_dir, run_id, timing.run_lock_wait, say)  # held until this run's last process ends
@@ -79,6 +80,9 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
         say(f"run {run_id}: {interrupts.name} received while fetching the run; the backend did not answer "
             f"within {timing.flush_timeout:g} s, so it is not known whether the run was claimed")
         return interrupts.exit_code
+    except MalformedPayload as exc:
+        interrupts.restore()
+        return _report_malformed_payload(prep.server, run_id, token, timing, exc.message)
     except BaseException:
         interrupts.restore()
         raise
@@ -124,6 +128,23 @@ def _mention_refused_entries(run_id: str, state_dir: Path) -> None:
     if refused:
         say(f"warning: run {run_id}: the backend refused {refused:,} log entr{'y' if refused == 1 else 'ies'}; "
             f"they were dropped, not retried (flywheel-bootstrap logs {run_id} shows every entry)")
+
+
+def _report_malformed_payload(server: str, run_id: str, token: str, timing: Timing, why: str) -> int:
+    """The backend answered the fetch, so it may hold the run as claimed: it gets
+    the run's one terminal report (error), within the flush bound."""
+    from workers.common.backend_client import Backend
+
+    say(f"error: run {run_id}: {why}; reporting the run as failed")
+    reason = f"bootstrap failed: {why}"
+    give_up = time.monotonic() + timing.flush_timeout
+    with Backend(server, run_id, token, timing) as backend:
+        answer = backend.post("/error", {"summary": f"Run failed: {reason}", "reason": reason},
+                              keep_trying=lambda: time.monotonic() < give_up)
+    if answer.ok:
+        return EXIT_RUN_ERROR
+    say(f"error: run {run_id}: could not report it either (HTTP {answer.status or 'no answer'})")
+    return EXIT_BACKEND
 
 
 def _start_follower(run_id: str) -> subprocess.Popen[bytes] | None:

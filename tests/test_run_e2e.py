@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
 from tests.faultkit import finish, wait_until
+from tests.loopback import serving
 
 
 def start_run(backend: LocalBackend, env: Env, **payload: object) -> tuple[str, str, Path]:
@@ -342,3 +344,47 @@ def test_code_is_committed_and_pushed_to_the_run_branch(env: Env, backend: Local
     ws = env.workspace(run_id)
     assert gh_token not in (ws / ".git" / "config").read_text()
     assert gh_token not in git("remote", "-v", cwd=ws)
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b'{"payload": {"prompt": 5}}', 'expected {"payload": {"prompt"'),
+    (b"\xff\xfe not json", "not JSON"),
+    (b'{"payload": {"prompt": "a\\ud800"}}', "lone surrogate"),
+])
+def test_a_200_answer_that_is_no_payload_still_gets_the_runs_error_report(env: Env, body: bytes, words: str) -> None:
+    # The backend answered the fetch, so it may hold the run as claimed: the
+    # run must end with its one terminal report, not leave it claimed forever.
+    posted: list[tuple[str, bytes]] = []
+
+    class Answers(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._answer(body)
+
+        def do_POST(self) -> None:
+            posted.append((self.path, self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+            self._answer(b"{}")
+
+        def _answer(self, data: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving(Answers) as url:
+        result = env.run("--run-id", "r1", "--config", str(env.config()), "--server", url,
+                         extra={"FLYWHEEL_RUN_TOKEN": "tok-secret-123"})
+    assert result.returncode == 1, result.stderr
+    assert "not a bootstrap payload" in result.stderr and words in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [path for path, _ in posted] == ["/runs/r1/error"]
+    report = json.loads(posted[0][1])
+    assert "not a bootstrap payload" in report["reason"]
+
+
+def test_valid_json_that_orjson_refuses_is_a_payload() -> None:
+    from workers.common.backend_client import parse_payload
+
+    assert parse_payload(b'\xef\xbb\xbf{"payload": {"prompt": "x", "seed": 18446744073709551616}}')["prompt"] == "x"

@@ -7,6 +7,7 @@ the caller decides how long it may keep trying (`keep_trying`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,32 @@ class Answer:
         return orjson.loads(self.body)
 
 
+
+
+class MalformedPayload(BackendUnavailable):
+    """The backend answered the fetch with 200, so it may have claimed the run,
+    but not with a payload: the run is reported failed (SPEC 13: a fetched run
+    ends with one terminal report)."""
+
+
+def parse_payload(content: bytes) -> dict[str, Any]:
+    """The payload of a 200 answer to the fetch; ValueError saying what is wrong."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        try:
+            # Valid JSON that orjson refuses: integers over 64 bits, a BOM.
+            body = json.loads(content.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+    payload = body.get("payload") if isinstance(body, dict) else None
+    if not isinstance(payload, dict) or not isinstance(payload.get("prompt"), str):
+        raise ValueError('expected {"payload": {"prompt": "...", ...}}')
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        raise ValueError("it holds text that is not valid Unicode (a lone surrogate)") from None
+    return cast(dict[str, Any], payload)
 
 
 class Backend:
@@ -171,15 +198,10 @@ class Backend:
             if r.status_code != 200:
                 raise BackendUnavailable(f"unexpected HTTP {r.status_code} from {self.base}/bootstrap")
             try:
-                payload = orjson.loads(r.content)["payload"]
-                if not isinstance(payload, dict) or not isinstance(payload.get("prompt"), str):
-                    raise TypeError
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                raise BackendUnavailable(
-                    f"the backend's answer from {self.base}/bootstrap is not a bootstrap payload "
-                    '(expected {"payload": {"prompt": "...", ...}})'
-                ) from None
-            return payload
+                return parse_payload(r.content)
+            except ValueError as exc:
+                raise MalformedPayload(
+                    f"the backend's answer from {self.base}/bootstrap is not a bootstrap payload ({exc})") from None
         raise BackendUnavailable(
             f"could not fetch the run from {self.base}/bootstrap after {self.timing.fetch_tries} tries "
             f"(last: {last}); is the backend up and --server right?"
