@@ -81,6 +81,42 @@ def supervisor_pid(run_id: str) -> int:
     raise AssertionError(f"no supervisor process for {run_id}")
 
 
+def test_a_killed_supervisors_undelivered_entries_are_named_in_the_summary(env: Any, backend: LocalBackend) -> None:
+    # The pool reports the run, after which the backend takes none of its
+    # entries: the person must hear that some never arrived, and where they are.
+    run_id, token = backend.create_run(prompt="task")
+    backend.set_faults(status=503, paths=["/logs"])
+    state = env.home / "state" / run_id
+    gate = env.tmp / "codex-may-finish"
+
+    def kill_when_spooled() -> None:
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if json.loads((state / "shipper.json").read_text()).get("next_seq", 0) > 5:
+                        break
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.02)
+            os.kill(supervisor_pid(run_id), signal.SIGKILL)
+        finally:
+            backend.clear_faults()
+            gate.touch()
+
+    threading.Thread(target=kill_when_spooled, daemon=True).start()
+    lines: list[str] = []
+    status = run_pool(
+        [RunSpec(run_id, token, env.config(), backend.url, None, 1)], max_parallel=None, gpus_per_run=None,
+        heartbeat_interval=0.5, codex_timeout=None,
+        env={**env.vars, "FAKE_CODEX_MODE": "gate", "FAKE_CODEX_GATE": str(gate)}, echo=lines.append, is_tty=False,
+    )
+    output = "\n".join(lines)
+    assert status == 1, output
+    assert backend.run(run_id)["reason"] == "bootstrap supervisor killed by SIGKILL"
+    assert "were never delivered (flywheel-bootstrap logs" in output and str(state) in output, output
+
+
 def test_real_supervisor_sigkilled_is_reported_and_others_complete(env: Any, backend: LocalBackend) -> None:
     runs = [backend.create_run(prompt=f"task {i}") for i in range(3)]
     victim = runs[0][0]

@@ -45,7 +45,7 @@ from supervisor.pool.decisions import (
 )
 from supervisor.pool.gpus import GpuAllocator
 from supervisor.pool.launched import Launcher
-from supervisor.pool.report import post_error, post_note
+from supervisor.pool.report import post_error, post_note, undelivered_note
 from supervisor.pool.runs_file import RunSpec
 from supervisor.signals import signal_name
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR
@@ -391,7 +391,7 @@ class Pool:
         for run in self.runs:
             if run.post is not None and run.post.done():
                 note = post_note(run.post)
-                run.result = f"{run.result}; {note}"
+                run.result = f"{run.result}; {note}{undelivered_note(run.state_dir)}"
                 run.post = None
 
     # -- what is done to one run

@@ -4,6 +4,7 @@ a signal): the pool posts `POST /runs/{id}/error` on its behalf."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from supervisor.pool.runs_file import RunSpec
@@ -64,3 +65,17 @@ def post_note(future: Future[str]) -> str:
         return f"the pool could not report it to the backend ({exc.message})"
     except Exception as exc:  # noqa: BLE001 - a report failing must not end the pool
         return f"the pool could not report it to the backend ({type(exc).__name__})"
+
+
+def undelivered_note(state_dir: Path) -> str:
+    """What a killed supervisor's run leaves undelivered, for the summary: once
+    the run is reported, the backend takes none of it any more (a new start
+    gets 409), so the person must hear where it stays."""
+    from workers.common.spool import ShipperState
+
+    state = ShipperState.load(state_dir)
+    waiting = max(0, state.next_seq - 1 - state.delivered)
+    if not waiting:
+        return ""
+    return (f"; {waiting:,} log entr{'y was' if waiting == 1 else 'ies were'} never delivered "
+            f"(flywheel-bootstrap logs {state_dir.name} shows them; they stay in {state_dir})")
