@@ -81,7 +81,7 @@ SHIPPER, HEARTBEAT, WATCHER, CONTROL = "log-shipper", "heartbeat", "artifact-wat
 
 
 class Cancelled(Exception):
-    """SIGINT/SIGTERM arrived; the run is to be reported as cancelled."""
+    """SIGINT/SIGTERM/SIGHUP/SIGQUIT arrived; the run is to be reported as cancelled."""
 
 
 def has_artifacts(manifest: ManifestRead) -> bool:
@@ -313,9 +313,9 @@ class RunSupervisor:
         """The interrupt's name when Codex died of the signal that is stopping
         bootstrap too, else None. scancel and `systemctl stop` signal every
         process of the job one by one, so Codex may die before our own signal
-        is here: after SIGTERM/SIGINT/SIGHUP to Codex, wait up to the kill grace
-        for it, so the run is reported cancelled, not failed."""
-        if -returncode in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        is here: after SIGTERM/SIGINT/SIGHUP/SIGQUIT to Codex, wait up to the
+        kill grace for it, so the run is reported cancelled, not failed."""
+        if -returncode in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             deadline = time.monotonic() + self.timing.kill_grace
             while not self.interrupts.received and time.monotonic() < deadline:
                 self._poll(min(0.5, deadline - time.monotonic()))
