@@ -698,9 +698,12 @@ class RunSupervisor:
                                   attempt=lambda call: self._bounded_call(call, backend, deadline.at))
         if answer.ok:
             self.reported = True
-        else:
-            self.echo(f"run {s.run_id}: could not deliver the {report.path[1:]} report "
-                      f"(HTTP {answer.status or 'no answer'})")
+            return
+        refused = f"could not deliver the {report.path[1:]} report (HTTP {answer.status or 'no answer'})"
+        self.echo(f"run {s.run_id}: {refused}")
+        # The pool shows this reason for the run it then reports itself.
+        run_status.write(self.state, run_status.ENDED, codex_ran=(self.state / CODEX_OUT).exists(),
+                         outcome="error", reason=f"bootstrap {refused}")
 
     def _bounded_call(self, call: Callable[[], Answer], backend: Backend, deadline: float | None) -> Answer:
         """One request of the supervisor's, under a total deadline (a backend
@@ -716,9 +719,16 @@ class RunSupervisor:
 
     def _exit_status(self, decision: Decision) -> int:
         run_id = self.prep.settings.run_id
+        unreported = "" if self.reported else "; the run was not reported"
         if self.interrupts.received:
-            self.echo(f"run {run_id}: cancelled")
+            # Whoever signalled asked bootstrap to stop, not to be asked to report.
+            self.echo(f"run {run_id}: cancelled{unreported}")
             return self.interrupts.exit_code
+        if not self.reported:
+            # The backend keeps the run claimed until someone reports it.
+            self.echo(f"run {run_id}: not reported (the backend did not take the report); exit "
+                      f"{EXIT_UNREPORTED} asks whoever started bootstrap to report the run")
+            return EXIT_UNREPORTED
         if decision.action is Action.COMPLETE:
             self.echo(f"run {run_id}: complete ({self.usage.describe()})")
             return EXIT_OK

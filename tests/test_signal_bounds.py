@@ -98,3 +98,27 @@ def test_under_nohup_a_closed_terminal_leaves_the_run_going(env: Env, backend: L
         assert backend.run(run_id)["state"] == "complete"
     finally:
         end_leftovers(proc, [])
+
+
+def test_a_refused_report_is_no_complete_run_and_the_pool_reports_it(env: Env, backend: LocalBackend) -> None:
+    backend.set_faults(status=401, paths=["/complete"])
+    run_id, token = backend.create_run(prompt="Work.")
+    single = env.run("--run-id", run_id, "--config", str(env.config()), "--server", backend.url, timeout=90,
+                     extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "ok"})
+    assert single.returncode == 70, single.stderr
+    last = single.stderr.strip().splitlines()[-1]
+    assert "not reported" in last and ": complete" not in single.stderr, single.stderr
+    assert "could not deliver the complete report (HTTP 401)" in single.stderr
+    assert backend.run(run_id)["state"] == "claimed"
+
+    pooled, token = backend.create_run(prompt="Work.")
+    runs_file = env.tmp / "runs.txt"
+    runs_file.write_text(f"{pooled} {token}\n")
+    runs_file.chmod(0o600)
+    pool = env.run("--runs", str(runs_file), "--config", str(env.config()), "--server", backend.url, timeout=120,
+                   extra={"FAKE_CODEX_MODE": "ok"})
+    output = pool.stdout + pool.stderr
+    assert pool.returncode == 1, output
+    assert "1 run: 1 error" in output and "could not deliver the complete report (HTTP 401)" in output, output
+    run = backend.run(pooled)
+    assert run["state"] == "error" and "could not report the run" in run["reason"], run
