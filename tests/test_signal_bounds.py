@@ -1,6 +1,8 @@
-"""Signals caused for real against a real bootstrap and the local backend: a
-closed terminal (SIGHUP) or Ctrl-\\ (SIGQUIT) to bootstrap's whole process
-group cancels and reports the run like SIGTERM does."""
+"""Signals and refusals caused for real against a real bootstrap and the local
+backend: a closed terminal (SIGHUP) or Ctrl-\\ (SIGQUIT) to bootstrap's whole
+process group cancels and reports the run like SIGTERM does; a refused terminal
+report is no complete run; with a backend that accepts and never answers, a
+signal ends bootstrap within one flush bound."""
 
 from __future__ import annotations
 
@@ -8,12 +10,23 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from supervisor.local_backend import LocalBackend
-from tests.conftest import Env
-from tests.faultkit import alive, codex_calls, finish, kill, shape_pids, wait_until, workers
+from tests.conftest import FAST_TIMING, Env
+from tests.faultkit import (
+    alive,
+    assert_all_delivered_once,
+    codex_calls,
+    finish,
+    kill,
+    shape_pids,
+    shipper_state,
+    wait_until,
+    workers,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -122,3 +135,75 @@ def test_a_refused_report_is_no_complete_run_and_the_pool_reports_it(env: Env, b
     assert "1 run: 1 error" in output and "could not deliver the complete report (HTTP 401)" in output, output
     run = backend.run(pooled)
     assert run["state"] == "error" and "could not report the run" in run["reason"], run
+
+
+# A hung request really hangs: not cut by the read timeout before the signal's bound.
+HANGING = {"FLYWHEEL_TIMING_READ_TIMEOUT": "120", "FLYWHEEL_TIMING_FLUSH_TIMEOUT": "3"}
+FLUSH, KILL_GRACE = 3.0, float(FAST_TIMING["FLYWHEEL_TIMING_KILL_GRACE"])
+
+
+def signalled_until_exit(proc: subprocess.Popen[str], signals: list[int]) -> tuple[float, int, str]:
+    """Send `signals` (0.2 s apart); seconds from the first to bootstrap's exit, its status, its stderr."""
+    began = time.monotonic()
+    for n, sig in enumerate(signals):
+        if n:
+            time.sleep(0.2)
+        proc.send_signal(sig)
+    code, err = finish(proc, timeout=90)
+    return time.monotonic() - began, code, err
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]], ids=["once", "twice"])
+def test_a_signal_ends_bootstrap_within_one_flush_bound_when_the_backend_hangs(
+        env: Env, backend: LocalBackend, signals: list[int]) -> None:
+    run_id, token = backend.create_run(prompt="Work.")
+    proc = env.start("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
+                     extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "shapes,sleep=60",
+                            "FAKE_CODEX_PIDFILE": str(env.tmp / "shapes.pids"), **HANGING})
+    state = env.state(run_id)
+    pids: list[int] = []
+    try:
+        pids += wait_until(lambda: len(shape_pids(env.tmp / "shapes.pids")) == 3
+                           and shape_pids(env.tmp / "shapes.pids"), 30, "codex's commands").values()
+        wait_until(lambda: {"log-shipper", "artifact-watcher", "control"} <= set(workers(state)), 10, "the workers")
+        pids += (p for n, p in workers(state).items() if n != "supervisor")
+        backend.set_faults(delay_ms=600_000)  # every request accepted, none answered
+        wait_until(lambda: backend.connections_opened > 0 and shipper_state(state).get("next_seq", 0) > 0, 10,
+                   "the workers to be talking to the backend")
+        took, code, err = signalled_until_exit(proc, signals)
+        assert code == 128 + signals[0], err
+        # Before, the control worker's join, the drain, the heartbeat's stop and
+        # the workers' stop each had a bound of their own: about 13 s here.
+        assert took < FLUSH + KILL_GRACE + 2, f"{took:.1f} s after the signal:\n{err}"
+        assert "the run was not reported" in err and "Traceback" not in err
+        wait_until(lambda: not any(alive(p) for p in pids), 10, "the run's processes and the workers to end")
+    finally:
+        end_leftovers(proc, pids)
+    # What the killed workers left spooled goes out with the next start.
+    backend.clear_faults()
+    again = env.run("--run-id", run_id, "--config", str(env.config()), "--server", backend.url, timeout=90,
+                    extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "ok"})
+    assert again.returncode == 0, again.stderr
+    assert_all_delivered_once(backend.entries(run_id), state / "codex.out")
+
+
+def test_sigterm_while_the_artifact_post_hangs_still_reports_within_the_flush_bound(
+        env: Env, backend: LocalBackend) -> None:
+    backend.set_faults(delay_ms=600_000, paths=["/artifacts"])
+    run_id, token = backend.create_run(prompt="Work.")
+    proc = env.start("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
+                     extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "ok", **HANGING})
+    state = env.state(run_id)
+    try:
+        wait_until(lambda: any(e["message"].startswith("codex exec exited") for e in backend.entries(run_id)), 60,
+                   "codex to end")
+        took, code, err = signalled_until_exit(proc, [signal.SIGTERM])
+    finally:
+        end_leftovers(proc, [])
+    assert code == 143, err
+    # Codex has ended: no kill grace. Before, the wait for the artifacts had
+    # the whole flush bound and the watcher's stop 5 s more: about 8 s here.
+    assert took < FLUSH + 2, f"{took:.1f} s after the signal:\n{err}"
+    run = backend.run(run_id)
+    assert run["state"] == "error" and run["reason"] == "cancelled (SIGTERM)", "the hung post did not starve the report"
+    assert not any(alive(p) for p in workers(state).values() if p != proc.pid)
