@@ -70,7 +70,7 @@ def end_leftovers(proc: subprocess.Popen[str], pids: list[int]) -> None:
             kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT])
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT], ids=["SIGHUP", "SIGQUIT"])
 def test_a_signal_to_the_whole_group_cancels_and_reports_the_run(env: Env, backend: LocalBackend, sig: int) -> None:
     run_id, proc = start_in_own_group(env, backend, "shapes,sleep=60")
     state = env.state(run_id)
