@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from multiprocess.connection import wait as wait_ready  # type: ignore[import-untyped]
@@ -30,6 +30,14 @@ from workers.runtime import Channels, run_worker
 # A worker that lived this long before dying is not "dying instantly".
 STABLE_AFTER = 5.0
 LIVENESS_CHECK_EVERY = 0.5
+
+
+class Wake(Protocol):
+    """Something to wait on besides the workers (the signal pipe)."""
+
+    def fileno(self) -> int: ...
+
+    def drain(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -176,24 +184,42 @@ class Arbiter:
     def gave_up(self, name: str) -> bool:
         return self.slots[name].gave_up
 
-    def stop(self, names: Iterable[str] | None = None, timeout: float = 5.0) -> None:
-        """Ask workers to stop, then make sure they have."""
+    def stop(self, names: Iterable[str] | None = None, timeout: float = 5.0, *,
+             until: Callable[[], float | None] = lambda: None, wake: Wake | None = None) -> None:
+        """Ask workers to stop, then make sure they have: those still alive
+        after `timeout`, or at `until()` if that comes first, are SIGKILLed at
+        once (what they had spooled stays on disk for a later start).
+        `until()` is asked again whenever `wake` is readable: a signal that
+        arrives meanwhile may bring the deadline closer."""
         chosen = [self.slots[n] for n in (names or list(self.slots))]
         for slot in chosen:
             slot.sticky.clear()
             slot.restart_at = None
             if slot.process is not None and slot.process.exitcode is None and slot.channels is not None:
                 slot.channels.commands.put(Stop())
-        deadline = time.monotonic() + timeout
+        self._await_exit(chosen, time.monotonic() + timeout, until, wake)
         for slot in chosen:
-            if slot.process is None:
-                continue
-            slot.process.join(max(0.0, deadline - time.monotonic()))
-            if slot.process.exitcode is None:
+            if slot.process is not None and slot.process.exitcode is None:
                 slot.process.kill()
-                slot.process.join(1.0)
+        for slot in chosen:
+            if slot.process is not None:
+                slot.process.join(1.0)  # reaping a SIGKILLed process: only a process stuck in the kernel waits
             slot.process = None
             slot.channels = None
+
+    @staticmethod
+    def _await_exit(slots: list[_Slot], limit: float, until: Callable[[], float | None], wake: Wake | None) -> None:
+        """Wait until every one of `slots` exited, or the deadline."""
+        while True:
+            bound = until()
+            deadline = limit if bound is None else min(limit, bound)
+            alive = [s.process.sentinel for s in slots if s.process is not None and s.process.exitcode is None]
+            left = deadline - time.monotonic()
+            if not alive or left <= 0:
+                return
+            ready = wait_ready([*alive, *([wake] if wake is not None else [])], timeout=left)
+            if wake is not None and wake in ready:
+                wake.drain()
 
     # -- supervision -----------------------------------------------------------
 

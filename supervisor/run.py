@@ -38,7 +38,7 @@ from supervisor.link_status import LinkWatch, link_of
 from supervisor.outcome import Action, CodexEnd, Decision, decide
 from supervisor.preflight import Prepared, codex_env, payload_secrets
 from supervisor.prompt import build_fix_prompt, build_prompt
-from supervisor.report import FlushDeadline, Report, report_for
+from supervisor.report import WORK_SHARE, FlushDeadline, Report, report_for
 from supervisor.run_control import RunControl
 from supervisor.signals import Aborted, Interrupts
 from workers import heartbeat
@@ -83,7 +83,7 @@ SHIPPER, HEARTBEAT, WATCHER, CONTROL = "log-shipper", "heartbeat", "artifact-wat
 
 
 class Cancelled(Exception):
-    """SIGINT/SIGTERM arrived; the run is to be reported as cancelled."""
+    """SIGINT/SIGTERM/SIGHUP/SIGQUIT arrived; the run is to be reported as cancelled."""
 
 
 def has_artifacts(manifest: ManifestRead) -> bool:
@@ -128,6 +128,8 @@ class RunSupervisor:
         self.fatal: str | None = None
         self.link_watch = LinkWatch()
         self._link_looked = 0.0
+        # After a signal, the one bound on everything the end still waits for.
+        self.flush = FlushDeadline(self.interrupts, self.timing.flush_timeout)
 
     # -- workers ---------------------------------------------------------------
 
@@ -300,6 +302,7 @@ class RunSupervisor:
                 # job) must not outlive it, let alone keep holding a GPU.
                 self._end_processes(proc)
             proc.close()
+            self.flush.codex_stopped()
         self._check_disk()
         if self.fatal is not None:
             give_back(self.state)  # Codex and its processes are stopped: room for the end
@@ -315,9 +318,9 @@ class RunSupervisor:
         """The interrupt's name when Codex died of the signal that is stopping
         bootstrap too, else None. scancel and `systemctl stop` signal every
         process of the job one by one, so Codex may die before our own signal
-        is here: after SIGTERM/SIGINT/SIGHUP to Codex, wait up to the kill grace
-        for it, so the run is reported cancelled, not failed."""
-        if -returncode in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        is here: after SIGTERM/SIGINT/SIGHUP/SIGQUIT to Codex, wait up to the
+        kill grace for it, so the run is reported cancelled, not failed."""
+        if -returncode in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             deadline = time.monotonic() + self.timing.kill_grace
             while not self.interrupts.received and time.monotonic() < deadline:
                 self._poll(min(0.5, deadline - time.monotonic()))
@@ -561,12 +564,18 @@ class RunSupervisor:
 
     def _stop_control(self) -> None:
         """The run is ending: stop polling, once the acks on their way are delivered (bounded)."""
-        self.arbiter.stop([CONTROL], timeout=min(5.0, self.timing.flush_timeout))
+        self._stop_workers([CONTROL], min(5.0, self.timing.flush_timeout), self.flush.work_until)
+
+    def _stop_workers(self, names: list[str] | None, timeout: float,
+                      until: Callable[[], float | None] | None = None) -> None:
+        """Stop workers, waiting up to `timeout` for them to finish what they
+        do; after a signal no longer than the flush bound allows (`until`),
+        even when the signal arrives during the wait."""
+        self.arbiter.stop(names, timeout, until=until or (lambda: self.flush.at), wake=self.interrupts)
 
     def _post_artifacts(self) -> None:
         job = f"artifacts-{time.time_ns()}"  # a restarted run posts its artifacts again
         self.arbiter.send(WATCHER, PostArtifacts(job), sticky=True)
-        deadline = time.monotonic() + self.timing.flush_timeout if self.interrupts.received else None
         # The watcher reports progress per artifact and per block sent, so it
         # is only replaced when it really stops; a job it keeps dying on (even
         # slowly, which the restart limit does not count) is given up.
@@ -576,9 +585,9 @@ class RunSupervisor:
             return self.arbiter.deaths(WATCHER) - deaths > self.timing.max_restarts
 
         try:
-            done = self.wait_for(WATCHER, ArtifactsPosted, job, deadline, hopeless)
+            done = self.wait_for(WATCHER, ArtifactsPosted, job, self.flush.work_until(), hopeless)
         except Cancelled:
-            done = self.wait_for(WATCHER, ArtifactsPosted, job, time.monotonic() + self.timing.flush_timeout, hopeless)
+            done = self.wait_for(WATCHER, ArtifactsPosted, job, self.flush.work_until(), hopeless)
         if done is None and hopeless():
             self._notify(f"artifacts not posted: the artifact-watcher died {self.timing.max_restarts + 1} times "
                          "while posting them")
@@ -615,14 +624,15 @@ class RunSupervisor:
                 return token if isinstance(token, str) and token else None
             return None
 
-        # A signal ends a git command within the flush bound (git does not
-        # watch our signal pipe).
-        with backend, self.interrupts.bounded(self.timing.flush_timeout):
+        # A signal ends a git command within the flush bound's share for the
+        # work (git does not watch our signal pipe).
+        work_until = self.flush.work_until()
+        with backend, self.interrupts.bounded(self.timing.flush_timeout * WORK_SHARE, work_until):
             notes = git_persist.persist(
                 self.repo, self.prep.workspace, self.state, self.prep.settings.run_id, failed=failed,
                 exclude=artifact_files(artifacts, self.prep.workspace), refresh_token=refresh,
                 # A cancelled run still gets its WIP pushed, but within the flush bound.
-                timeout=self.timing.flush_timeout if self.interrupts.received else git_persist.NET_TIMEOUT,
+                timeout=git_persist.NET_TIMEOUT if work_until is None else max(0.1, work_until - time.monotonic()),
                 max_file_bytes=self.prep.git_max_file_bytes,
             )
         self._write_notes(notes)
@@ -658,25 +668,23 @@ class RunSupervisor:
             self.log.write("error", f"run failed: {decision.reason}", "error")
         else:
             self.log.write("info", "run complete", "codex_event")
-        deadline = FlushDeadline(self.interrupts, self.timing.flush_timeout)
-        decision = self._drain(decision, deadline)
+        decision = self._drain(decision)
         report = report_for(decision, posted=self.posted, usage=self.usage.describe(),
                             said=last_agent_message(self.state / CODEX_OUT), redactor=self.redactor)
-        self._deliver(report, deadline)
-        self.arbiter.stop([HEARTBEAT], timeout=2.0)
+        self._deliver(report)
+        self._stop_workers([HEARTBEAT], 2.0)
         return self._exit_status(decision)
 
-    def _drain(self, decision: Decision, deadline: FlushDeadline) -> Decision:
+    def _drain(self, decision: Decision) -> Decision:
         """Wait until the log-shipper delivered everything spooled; an
         interrupt meanwhile cancels the run and bounds the wait by the flush
         time (the spool still goes out, as far as it can in that time)."""
         self.arbiter.send(SHIPPER, Drain("final"), sticky=True)
         try:
-            drained = self.wait_for(SHIPPER, Drained, "final", deadline.at)
+            drained = self.wait_for(SHIPPER, Drained, "final", self.flush.at)
         except Cancelled:
             decision = self._as_cancel(decision)
-            deadline.start()
-            drained = self.wait_for(SHIPPER, Drained, "final", deadline.at)
+            drained = self.wait_for(SHIPPER, Drained, "final", self.flush.at)
         if drained is None or drained.left:
             self.echo(f"run {self.prep.settings.run_id}: not every log entry could be delivered; "
                       f"they stay spooled in {self.state}")
@@ -684,7 +692,7 @@ class RunSupervisor:
             decision = Decision(Action.ERROR, False, self.fatal)  # found while draining
         return decision
 
-    def _deliver(self, report: Report, deadline: FlushDeadline) -> None:
+    def _deliver(self, report: Report) -> None:
         # For the pool's view: the outcome with the whole reason the backend gets.
         run_status.write(self.state, run_status.ENDED, codex_ran=(self.state / CODEX_OUT).exists(),
                          outcome="complete" if report.path == "/complete" else "error",
@@ -697,13 +705,16 @@ class RunSupervisor:
 
         s = self.prep.settings
         with Backend(self.prep.server, s.run_id, s.token, self.timing) as backend:
-            answer = backend.post(report.path, report.body, keep_trying=deadline.keep_trying, sleep=sleep,
-                                  attempt=lambda call: self._bounded_call(call, backend, deadline.at))
+            answer = backend.post(report.path, report.body, keep_trying=self.flush.keep_trying, sleep=sleep,
+                                  attempt=lambda call: self._bounded_call(call, backend, self.flush.at))
         if answer.ok:
             self.reported = True
-        else:
-            self.echo(f"run {s.run_id}: could not deliver the {report.path[1:]} report "
-                      f"(HTTP {answer.status or 'no answer'})")
+            return
+        refused = f"could not deliver the {report.path[1:]} report (HTTP {answer.status or 'no answer'})"
+        self.echo(f"run {s.run_id}: {refused}")
+        # The pool shows this reason for the run it then reports itself.
+        run_status.write(self.state, run_status.ENDED, codex_ran=(self.state / CODEX_OUT).exists(),
+                         outcome="error", reason=f"bootstrap {refused}")
 
     def _bounded_call(self, call: Callable[[], Answer], backend: Backend, deadline: float | None) -> Answer:
         """One request of the supervisor's, under a total deadline (a backend
@@ -719,9 +730,16 @@ class RunSupervisor:
 
     def _exit_status(self, decision: Decision) -> int:
         run_id = self.prep.settings.run_id
+        unreported = "" if self.reported else "; the run was not reported"
         if self.interrupts.received:
-            self.echo(f"run {run_id}: cancelled")
+            # Whoever signalled asked bootstrap to stop, not to be asked to report.
+            self.echo(f"run {run_id}: cancelled{unreported}")
             return self.interrupts.exit_code
+        if not self.reported:
+            # The backend keeps the run claimed until someone reports it.
+            self.echo(f"run {run_id}: not reported (the backend did not take the report); exit "
+                      f"{EXIT_UNREPORTED} asks whoever started bootstrap to report the run")
+            return EXIT_UNREPORTED
         if decision.action is Action.COMPLETE:
             self.echo(f"run {run_id}: complete ({self.usage.describe()})")
             return EXIT_OK
@@ -778,8 +796,8 @@ class RunSupervisor:
         if self._opening is not None:  # the start failed before _open_processes
             steps.insert(0, self._opening.cancel)
         if self._arbiter is not None:
-            arbiter = self._arbiter
-            steps.insert(0, lambda: arbiter.stop(timeout=5.0))
+            # Workers still busy when the flush bound is spent are SIGKILLed at once.
+            steps.insert(0, lambda: self._stop_workers(None, 5.0))
         for step in steps:
             try:
                 step()

@@ -1,6 +1,6 @@
-"""SIGINT/SIGTERM as an event the supervisor's loop can wait on, not an
-exception thrown into the middle of whatever it was doing; and how a signal or
-an exit status reads in a message."""
+"""SIGINT/SIGTERM (and SIGHUP/SIGQUIT) as an event the supervisor's loop can
+wait on, not an exception thrown into the middle of whatever it was doing; and
+how a signal or an exit status reads in a message."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ class Aborted(Exception):
     past the grace period after a signal."""
 
 
+# A closed terminal or a dropped SSH session (SIGHUP) and Ctrl-\ (SIGQUIT)
+# would otherwise kill the supervisor outright, leaving the run unreported.
+# Left ignored when they were ignored already: `nohup` asks bootstrap to
+# outlive its terminal, and a shell's background job has SIGQUIT ignored.
+STOPPING_UNLESS_IGNORED = (signal.SIGHUP, signal.SIGQUIT)
+
+
 class Interrupts:
     def __init__(self) -> None:
         self._pipe = WakePipe()
@@ -49,6 +56,9 @@ class Interrupts:
             return self  # installed already (before the bootstrap fetch)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._on_signal)
+        for sig in STOPPING_UNLESS_IGNORED:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
     def restore(self) -> None:

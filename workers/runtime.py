@@ -133,8 +133,11 @@ def run_worker(target: Callable[..., None], channels: Channels, log_path: Path, 
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    # Ctrl-C reaches the whole foreground group; only the supervisor acts on it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, Ctrl-\ and a closed terminal reach the whole foreground group;
+    # only the supervisor acts on them (it stops Codex and reports the run,
+    # which needs its workers alive until then).
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     if os.getppid() != channels.parent_pid:
         _orphaned(channels, log_path.parent)
     if os.environ.get("FLYWHEEL_FAULT_CRASH_WORKER") == channels.name:

@@ -65,7 +65,7 @@ def classify_exit(returncode: int, *, cancelling: bool) -> Outcome:
     if returncode == EXIT_UNREPORTED:
         return Outcome(states.ERROR, f"bootstrap failed and could not report the run (exit {EXIT_UNREPORTED})",
                        EXIT_RUN_ERROR, post_reason="bootstrap failed: its supervisor could not report the run "
-                       "(its crash.log in the run's state folder says why)")
+                       "(see crash.log or pool-output.log in the run's state folder)")
     if returncode in (EXIT_SIGINT, EXIT_SIGTERM):
         name = "SIGINT" if returncode == EXIT_SIGINT else "SIGTERM"
         # Cancelled by someone else than the pool: for the pool it is a run that failed.
