@@ -9,6 +9,7 @@ a secret Codex printed, and this command does not know the run's secrets).
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from workers.common.spool import BOOTSTRAP_LOG, CODEX_OUT, OUTBOX, ShipperState
+from workers.common.errors import BootstrapError
+from workers.common.spool import BOOTSTRAP_LOG, CODEX_OUT, OUTBOX, SHIPPER_STATE, ShipperState
 
 WORKERS_FILE = "workers.json"
 _FOLLOW_POLL = 0.5
@@ -118,7 +120,8 @@ def show(state_dir: Path, out: Callable[[str], None], *, as_json: bool, follow: 
     emit = as_json_line if as_json else render
     shown = 0
     pos = 0
-    state = ShipperState.load(state_dir)
+    _check_regular(state_dir / OUTBOX)
+    state = _state_or_note(state_dir, None if as_json else out)
     while True:
         for entry, end in _entries(state_dir, pos, state.outbox_size):
             out(emit(Shown(entry, shipped=end <= state.delivered_offset)))
@@ -128,7 +131,7 @@ def show(state_dir: Path, out: Callable[[str], None], *, as_json: bool, follow: 
             break
         alive = supervisor_alive(state_dir) if still_follow is None else still_follow()
         time.sleep(_FOLLOW_POLL)
-        state = ShipperState.load(state_dir)
+        state = ShipperState.read(state_dir) or state
         if not alive and pos >= state.outbox_size:
             break
     if not as_json:
@@ -145,6 +148,31 @@ def show(state_dir: Path, out: Callable[[str], None], *, as_json: bool, follow: 
         elif shown:
             out(_shipped_line(state.delivered, state.dropped))
     return shown
+
+
+def _check_regular(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise BootstrapError(f"{path} is not a regular file: this run's state folder is damaged")
+
+
+def _state_or_note(state_dir: Path, out: Callable[[str], None] | None) -> ShipperState:
+    """The shipper's progress. A shipper.json that cannot be read hides nothing:
+    every encoded entry is shown, as not known to be shipped."""
+    state = ShipperState.read(state_dir)
+    if state is not None or not (state_dir / SHIPPER_STATE).exists():
+        return state or ShipperState()
+    if out is not None:
+        out(f"-- {state_dir / SHIPPER_STATE} cannot be read; every entry of {OUTBOX} is shown as waiting (⧗), "
+            "though some may have been shipped")
+    try:
+        size = (state_dir / OUTBOX).stat().st_size
+    except FileNotFoundError:
+        size = 0
+    return ShipperState(outbox_size=size)
 
 
 def _shipped_line(delivered: int, refused: int) -> str:

@@ -4,6 +4,7 @@ item 3): what was shipped and what still waits, in order, readable."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -97,3 +98,29 @@ def test_logs_of_an_unknown_run(env: Env) -> None:
     shown = env.run("logs", "no-such-run")
     assert shown.returncode == 2 and "no run no-such-run on this machine" in shown.stderr
 
+
+
+def test_logs_of_a_damaged_state_folder_say_so_and_hide_nothing(env: Env, backend: LocalBackend) -> None:
+    run_id, token = backend.create_run()
+    done = env.run("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
+                   extra={"FLYWHEEL_RUN_TOKEN": token})
+    assert done.returncode == 0, done.stderr
+    state = env.state(run_id)
+    count = len(backend.entries(run_id, dedupe=True))
+    for damage in ('{"next_seq": "x", "delivered_offset": "abc", "outbox_size": -5}', "{junk"):
+        (state / "shipper.json").write_text(damage)
+        shown = env.run("logs", run_id)
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert "shipper.json cannot be read" in lines[0]
+        assert len(lines) == count + 2 and f"{count} entries (⧗) still wait" in lines[-1]
+    fifo = state / "fifo"
+    os.mkfifo(fifo)
+    fifo.replace(state / "shipper.json")
+    shown = env.run("logs", run_id, timeout=30)
+    assert shown.returncode == 0 and "shipper.json cannot be read" in shown.stdout, shown.stderr
+    (state / "outbox.jsonl").unlink()
+    (state / "outbox.jsonl").mkdir()
+    shown = env.run("logs", run_id, timeout=30)
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr
+    assert "outbox.jsonl is not a regular file: this run's state folder is damaged" in shown.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -299,13 +300,16 @@ class ShipperState:
 
     @classmethod
     def read(cls, state_dir: Path) -> ShipperState | None:
-        """The committed state; None if there is none yet (or it cannot be read)."""
+        """The committed state; None if there is none yet (or it cannot be read:
+        not a regular file, not JSON, a field of the wrong type)."""
         try:
-            raw = orjson.loads((state_dir / SHIPPER_STATE).read_bytes())
-            known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
-            return cls(**known)
+            raw = orjson.loads(_read_regular(state_dir / SHIPPER_STATE))
+            known = {k: raw[k] for k in _FIELD_NAMES if k in raw}
         except (OSError, orjson.JSONDecodeError, TypeError):
             return None
+        if not all(_FIELD_TYPES[k](v) for k, v in known.items()):
+            return None
+        return cls(**known)
 
     @classmethod
     def load(cls, state_dir: Path) -> ShipperState:
@@ -347,6 +351,38 @@ class ShipperState:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(ShipperState))  # in the order shipper.json has always had
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _seconds(value: object) -> bool:
+    return type(value) in (int, float)
+
+
+# What each field of shipper.json may hold: a damaged file reads as none at all,
+# never as a state whose arithmetic fails later.
+_FIELD_TYPES: dict[str, Callable[[object], bool]] = {
+    name: _count for name in _FIELD_NAMES
+} | {
+    "last_event_at": lambda v: v is None or isinstance(v, str),
+    "backend_down_since": lambda v: v is None or _seconds(v),
+    "backend_trouble": lambda v: isinstance(v, str),
+    "last_outage_s": _seconds,
+}
+
+
+def _read_regular(path: Path) -> bytes:
+    """A file's bytes; OSError when it is not a regular file (a FIFO would block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
 _STATE_FIELDS = frozenset(_FIELD_NAMES)
 
 
