@@ -304,7 +304,9 @@ def control(ctx: click.Context, run_id: str, action: str, text: str | None, serv
     flywheel-bootstrap control RUN_ID resume-autonomous
     """
     from supervisor.control_cli import send_control
+    from supervisor.workspace import validate_run_id
 
+    validate_run_id(run_id)
     if (action == "send") != (text is not None):
         raise click.UsageError("`send` needs the TEXT to send" if action == "send"
                                else f"`{action}` takes no TEXT")

@@ -108,6 +108,10 @@ def test_control_command_queues_and_prints_the_ack(backend: LocalBackend) -> Non
     unknown = subprocess.run([sys.executable, "-m", "supervisor", "control", "nope", "take-over",
                               "--server", backend.url], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert unknown.returncode == 3 and "unknown run" in unknown.stderr and "Traceback" not in unknown.stderr
+    # A run id that is no run id is bad usage, said before any request.
+    bad = subprocess.run([sys.executable, "-m", "supervisor", "control", "../x", "take-over",
+                          "--server", backend.url], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert bad.returncode == 2 and "run id '../x' contains a slash" in bad.stderr
 
 
 def test_the_client_polls_on_one_kept_alive_connection(backend: LocalBackend) -> None:
