@@ -264,6 +264,10 @@ def serve(host: str, port: int, db: Path | None) -> None:
     """Start a local Flywheel backend (for trying the tool and for tests)."""
     from supervisor.local_backend import serve as serve_forever
 
+    if not host.strip():
+        # The socket layer reads "" as every interface: never by accident.
+        raise click.BadParameter("is empty: 127.0.0.1 for this machine only, 0.0.0.0 for every interface",
+                                 param_hint="--host")
     serve_forever(host, port, db or flywheel_home() / "backend.sqlite3", echo=lambda line: click.echo(line))
 
 

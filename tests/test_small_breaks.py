@@ -116,6 +116,13 @@ def test_serve_beyond_loopback_warns_about_the_admin_api(tmp_path: Path) -> None
         proc.communicate(timeout=30)
 
 
+def test_serve_with_an_empty_host_is_refused_not_bound_to_every_interface(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "supervisor", "serve", "--host", "", "--port", "0",
+                           "--db", str(tmp_path / "db.sqlite3")], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "FLYWHEEL_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2 and "--host: is empty" in done.stderr
+
+
 def test_the_posted_list_is_appended_to_and_survives_a_torn_line(tmp_path: Path) -> None:
     from workers.artifact_watcher import PostedList
 
