@@ -179,6 +179,8 @@ def _json_fields(body: str) -> dict[str, object]:
         value = json.loads(body)
     except json.JSONDecodeError as exc:
         raise _BadLine(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise _BadLine("not valid JSON for a run (nested too deeply)") from None
     if not isinstance(value, dict):
         raise _BadLine("a line starting with '{' must be one JSON object")
     unknown = sorted(key for key in value if key not in KEYS)
