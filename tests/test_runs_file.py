@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from supervisor.pool.runs_file import RunSpec, parse_runs, permission_warning, read_runs
+from supervisor.pool.runs_file import MAX_BYTES, RunSpec, parse_runs, permission_warning, read_runs
 from workers.common.errors import ConfigError
 
 DEFAULT = Path("/etc/flywheel/config.toml")
@@ -189,3 +193,58 @@ def test_permission_warning_only_for_regular_files() -> None:
     assert permission_warning(Path("/dev/stdin"), 0o020644) is None
     assert permission_warning(Path("x"), 0o100600) is None
     assert permission_warning(Path("x"), 0o100640) is not None
+
+
+# ------------------------------------------------------- lines and files that cannot be read
+
+
+@pytest.mark.parametrize("token", ["tok\x00x", "tok\x01x", "tok\u20acx", "tok\ud800x"])
+def test_tokens_an_http_header_cannot_carry_are_bad_lines(token: str) -> None:
+    line = json.dumps({"run_id": "r2", "token": token}) + "\n"
+    with pytest.raises(ConfigError) as caught:
+        parse(f"r1 tok-1\n{line}")
+    message = caught.value.message
+    assert message.startswith("1 bad line in runs.txt") and "runs.txt:2: run 'r2': " in message
+    assert "token" in message.partition("runs.txt:2:")[2] and token not in message
+
+
+def test_a_json_line_nested_too_deeply_is_a_bad_line() -> None:
+    with pytest.raises(ConfigError, match=r"runs\.txt:2: not valid JSON"):
+        parse("r1 tok-1\n" + "{" + '"a":{' * 100_000 + "}" * 100_001 + "\n")
+
+
+def test_the_real_command_refuses_bad_runs_input(env: Any) -> None:
+    deep = "{" + '"a":{' * 100_000 + "}" * 100_001 + "\n"
+    result = env.run("--runs", "-", "--config", str(env.config()), stdin=deep)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "<stdin>:1: not valid JSON" in result.stderr
+
+    runs = env.tmp / "runs.txt"
+    runs.write_bytes(b"r1 tok-1234\x00x\n")
+    os.chmod(runs, 0o600)
+    result = env.run("--runs", str(runs), "--config", str(env.config()))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{runs}:1: run 'r1': " in result.stderr and "tok-1234" not in result.stderr
+
+    # With standard input closed, as some service managers start a program.
+    closed = subprocess.run([sys.executable, "-m", "supervisor", "--runs", "-", "--config", str(env.config())],
+                            env=env.vars, capture_output=True, text=True, timeout=90, cwd=env.tmp,
+                            stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(0))
+    assert closed.returncode == 2 and "standard input is closed" in closed.stderr, closed.stderr
+
+
+def test_runs_files_that_are_not_regular_files_or_too_big(env: Any) -> None:
+    fifo = env.tmp / "runs.fifo"
+    os.mkfifo(fifo)
+    big = env.tmp / "big.txt"
+    with big.open("wb") as handle:
+        handle.truncate(MAX_BYTES + 1)
+    for path, needle in [("/dev/zero", "a character device"), (str(fifo), "a FIFO"),
+                         (str(big), "more than 16 MiB")]:
+        # The bound on the wait is the test's own: before, the FIFO hung and /dev/zero filled memory.
+        result = env.run("--runs", path, "--config", str(env.config()), timeout=60)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (path, result.stderr)
+        assert f"runs file {path} " in result.stderr and needle in result.stderr, result.stderr
+    oversized = io.StringIO("r1 tok-1\n" + "#" * MAX_BYTES)
+    with pytest.raises(ConfigError, match="more than 16 MiB"):
+        read_runs("-", oversized, default_config=DEFAULT, default_server=SERVER)
