@@ -51,14 +51,14 @@ def test_text_lines_defaults_and_overrides() -> None:
 
 
 def test_json_lines_mix_with_text_lines() -> None:
-    specs = parse('r1 t1\n{"run_id": "r2", "token": "t2"}\n  {"run_id": "r3", "token": "t3"}\n')
-    assert [(s.run_id, s.token, s.line) for s in specs] == [("r1", "t1", 1), ("r2", "t2", 2), ("r3", "t3", 3)]
+    specs = parse('r1 tok-1\n{"run_id": "r2", "token": "tok-2"}\n  {"run_id": "r3", "token": "tok-3"}\n')
+    assert [(s.run_id, s.token, s.line) for s in specs] == [("r1", "tok-1", 1), ("r2", "tok-2", 2), ("r3", "tok-3", 3)]
 
 
 def test_json_line_values() -> None:
     specs = parse(
-        '{"run_id": "r2", "token": "t2", "config": "/x/my config.toml", "gpus": [0, 1]}\n'
-        '{"run_id": 17, "token": "t3", "server": "http://10.0.0.5:8000", "gpus": "4"}\n'
+        '{"run_id": "r2", "token": "tok-2", "config": "/x/my config.toml", "gpus": [0, 1]}\n'
+        '{"run_id": 17, "token": "tok-3", "server": "http://10.0.0.5:8000", "gpus": "4"}\n'
     )
     assert specs[0].config == Path("/x/my config.toml")
     assert specs[0].gpus == ("0", "1")
@@ -70,16 +70,16 @@ def test_json_line_values() -> None:
 
 def test_every_bad_line_is_reported_with_its_number() -> None:
     text = (
-        "r1 t1\n"
+        "r1 tok-1\n"
         "r2\n"                                    # 2: missing token
-        "r1 t9\n"                                 # 3: duplicate id
-        "r4 t4 colour=blue\n"                     # 4: unknown key
-        '{"run_id": "r5", "token": "t5", "gpu": [1]}\n'  # 5: unknown JSON key
+        "r1 tok-9\n"                              # 3: duplicate id
+        "r4 tok-4 colour=blue\n"                  # 4: unknown key
+        '{"run_id": "r5", "token": "tok-5", "gpu": [1]}\n'  # 5: unknown JSON key
         '{"run_id": "r6", "token": \n'            # 6: invalid JSON
-        "r7 t7 gpus=\n"                           # 7: empty gpus
-        "r8 t8 server=ftp://x\n"                  # 8: bad server
-        "r9 t9 config=a.toml config=b.toml\n"     # 9: key twice
-        '{"run_id": "r10", "token": "t 10"}\n'    # 10: whitespace in a token
+        "r7 tok-7 gpus=\n"                        # 7: empty gpus
+        "r8 tok-8 server=ftp://x\n"               # 8: bad server
+        "r9 tok-9 config=a.toml config=b.toml\n"  # 9: key twice
+        '{"run_id": "r10", "token": "tok 10"}\n'  # 10: whitespace in a token
         '["r11", "t11"]\n'                        # a text line with an odd id: fine
     )
     with pytest.raises(ConfigError) as caught:
@@ -112,8 +112,8 @@ def test_tokens_never_appear_in_errors_or_repr() -> None:
         parse(
             f"r1 {secret}\n"
             f"r1 {secret}\n"                      # duplicate
-            f"r2 tok config=a.toml {secret}\n"    # stray positional field
-            f"r3 tok {secret}Abc=xyz\n"            # looks like key=value, is not a key
+            f"r2 tok-0 config=a.toml {secret}\n"  # stray positional field
+            f"r3 tok-0 {secret}Abc=xyz\n"          # looks like key=value, is not a key
             f'{{"run_id": "r4", "token": "{secret}", "{secret}": 1}}\n'
         )
     assert secret not in caught.value.message
@@ -124,7 +124,7 @@ def test_tokens_never_appear_in_errors_or_repr() -> None:
 
 def test_missing_config_without_default() -> None:
     with pytest.raises(ConfigError) as caught:
-        parse("r1 t1\nr2 t2 config=/c.toml\n", default_config=None)
+        parse("r1 tok-1\nr2 tok-2 config=/c.toml\n", default_config=None)
     assert "runs.txt:1: run 'r1' has no config: add config=PATH or pass --config" in caught.value.message
     assert "runs.txt:2" not in caught.value.message
 
@@ -142,7 +142,7 @@ def test_empty_file_is_an_error() -> None:
 
 def test_gpus_lists_checked() -> None:
     with pytest.raises(ConfigError) as caught:
-        parse('r1 t gpus=0,0\n{"run_id": "r2", "token": "t", "gpus": [true]}\nr3 t gpus=1,,2\n')
+        parse('r1 tok-0 gpus=0,0\n{"run_id": "r2", "token": "tok-0", "gpus": [true]}\nr3 tok-0 gpus=1,,2\n')
     message = caught.value.message
     assert "runs.txt:1: run 'r1': gpus lists a GPU twice" in message
     assert "runs.txt:2:" in message and "runs.txt:3:" in message
@@ -151,13 +151,13 @@ def test_gpus_lists_checked() -> None:
 def test_read_runs_from_file_warns_when_others_can_read(tmp_path: Path) -> None:
     (tmp_path / "cfg").mkdir()
     path = tmp_path / "runs.txt"
-    path.write_text("r1 t1 config=cfg/config.toml\n")
+    path.write_text("r1 tok-1 config=cfg/config.toml\n")
     os.chmod(path, 0o644)
     specs, warnings = read_runs(str(path), io.StringIO(), default_config=None, default_server=SERVER)
     assert specs[0].config == tmp_path / "cfg" / "config.toml"
     assert len(warnings) == 1
     assert "readable by other users" in warnings[0] and "chmod 600" in warnings[0]
-    assert "t1" not in warnings[0]
+    assert "tok-1" not in warnings[0]
 
     os.chmod(path, 0o600)
     _, warnings = read_runs(str(path), io.StringIO(), default_config=None, default_server=SERVER)
@@ -167,7 +167,7 @@ def test_read_runs_from_file_warns_when_others_can_read(tmp_path: Path) -> None:
 def test_read_runs_from_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     specs, warnings = read_runs(
-        "-", io.StringIO("r1 t1 config=c.toml\n{\"run_id\": \"r2\", \"token\": \"t2\"}\n"),
+        "-", io.StringIO("r1 tok-1 config=c.toml\n{\"run_id\": \"r2\", \"token\": \"tok-2\"}\n"),
         default_config=DEFAULT, default_server=SERVER,
     )
     assert [s.config for s in specs] == [tmp_path / "c.toml", DEFAULT]
@@ -180,7 +180,7 @@ def test_read_runs_bad_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a folder"):
         read_runs(str(tmp_path), io.StringIO(), default_config=DEFAULT, default_server=SERVER)
     bad = tmp_path / "latin1.txt"
-    bad.write_bytes(b"r1 t\xe9\n")
+    bad.write_bytes(b"r1 tok-\xe9\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         read_runs(str(bad), io.StringIO(), default_config=DEFAULT, default_server=SERVER)
     errors = tmp_path / "errors.txt"
