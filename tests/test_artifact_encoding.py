@@ -41,7 +41,7 @@ def test_an_artifact_orjson_encodes_is_sent_as_it_is() -> None:
     assert encoded.body == orjson.dumps(artifact) and encoded.warnings == ()
 
 
-@pytest.mark.parametrize("content", [{"seed": BIG}, nested(300), {"seed": -(2**63) - 1}])
+@pytest.mark.parametrize("content", [{"seed": BIG}, nested(300), nested(253), {"seed": -(2**63) - 1}])
 def test_json_content_orjson_refuses_is_sent_as_json_text(content: Any) -> None:
     encoded = encode_artifact(art("json", content=content, path="m.json"), "artifact #2 (json)")
     assert encoded.body is not None

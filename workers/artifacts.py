@@ -723,7 +723,8 @@ def _json_content(payload: Mapping[str, Any], notes: list[str]) -> Mapping[str, 
     as JSON text, which keeps a big integer or a deep structure exactly."""
     content = payload["content"]
     try:
-        if _encodes(_scrubbed(content, [])):
+        # The content sits two levels down: artifact, payload.
+        if _encodes(_scrubbed(content, [], depth=2)):
             return payload
     except _TooDeep:
         pass
