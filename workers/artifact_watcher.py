@@ -2,6 +2,11 @@
 malformed one is reported early, as a warning entry), and at the end posts the
 artifacts, one request each, embedding the files they name.
 
+Each artifact is encoded on its own (workers/artifacts.py: encode_artifact):
+one that JSON cannot carry is coerced or skipped with a warning entry, and the
+others are posted; its warnings are cleaned of lone surrogates too, since the
+entry log is JSON as well.
+
 Which artifacts were already posted is committed to `artifacts.json` after each
 one, so a replacement worker carries on where a killed one stopped instead of
 posting everything twice.
@@ -16,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from workers.artifacts import enrich, manifest_fingerprint, read_manifest
+from workers.artifacts import encode_artifact, enrich, manifest_fingerprint, read_manifest, scrub
 from workers.common.backend_client import Backend
 from workers.common.files import open_private, write_all, write_private
 from workers.common.names import MANIFEST_NAME
@@ -99,18 +104,18 @@ class Watcher:
         read = read_manifest(self.manifest)
         if read.status == "malformed" and read.error != self.reported:
             self.reported = read.error
-            self.log.write(
-                "warning",
-                f"artifact manifest {MANIFEST_NAME} is malformed so far: {read.error}",
-                "warning",
-                manifest=MANIFEST_NAME,
-            )
+            self._warn(f"artifact manifest {MANIFEST_NAME} is malformed so far: {read.error}",
+                       manifest=MANIFEST_NAME)
+
+    def _warn(self, message: str, **extra: Any) -> None:
+        # A manifest's keys and types, quoted in a warning, may hold lone surrogates.
+        self.log.write("warning", scrub(message), "warning", **extra)
 
     def post_all(self, job: str, backend: Backend) -> tuple[int, int]:
         """Post every artifact of the manifest; returns (posted, skipped)."""
         read = read_manifest(self.manifest)
         for warning in read.warnings:
-            self.log.write("warning", f"artifact manifest: {warning}", "warning")
+            self._warn(f"artifact manifest: {warning}")
         done = PostedList(self.cfg.state_dir / POSTED_STATE, job)
         posted = skipped = 0
         for index, artifact in enumerate(read.artifacts):
@@ -118,29 +123,35 @@ class Watcher:
             if index in done.done:
                 posted += 1
                 continue
-            result = enrich(artifact, self.cfg.workspace, self.cfg.blob_threshold)
-            for warning in result.warnings:
-                self.log.write("warning", f"artifact #{index + 1}: {warning}", "warning")
-            if result.artifact is None:
+            label = f"artifact #{index + 1} ({artifact.get('artifact_type')})"
+            body = self._body(index, label, artifact)
+            if body is None:
                 skipped += 1
                 continue
             # Progress is counted per block of the body sent, so a long upload
             # that keeps moving is never taken for a hang.
-            answer = backend.post("/artifacts", result.artifact, sleep=self._sleep, progress=self.mb.tick)
+            answer = backend.post("/artifacts", body, sleep=self._sleep, progress=self.mb.tick)
             if answer.ok:
                 posted += 1
             elif not self.stopping:
                 skipped += 1
-                self.log.write(
-                    "warning",
-                    f"artifact #{index + 1} ({artifact.get('artifact_type')}) was refused by the backend "
-                    f"(HTTP {answer.status})",
-                    "warning",
-                )
+                self._warn(f"{label} was refused by the backend (HTTP {answer.status})")
             if self.stopping:
                 break
             done.add(index)
         return posted, skipped
+
+    def _body(self, index: int, label: str, artifact: dict[str, Any]) -> bytes | None:
+        """The artifact enriched and encoded; None when it is skipped (said)."""
+        result = enrich(artifact, self.cfg.workspace, self.cfg.blob_threshold)
+        for warning in result.warnings:
+            self._warn(f"artifact #{index + 1}: {warning}")
+        if result.artifact is None:
+            return None
+        encoded = encode_artifact(result.artifact, label)
+        for warning in encoded.warnings:
+            self._warn(warning)
+        return encoded.body
 
     def _sleep(self, seconds: float) -> bool:
         self._handle(self.mb.wait(seconds))

@@ -20,6 +20,14 @@ the commit — leaving it out would drop the very code change the diff shows. Th
 one exception is an item with no inline `diff` whose path ends in `.diff` or
 `.patch`: that file *is* the diff, so its text is embedded as `diff` and it counts
 as an artifact file.
+
+Each artifact is encoded on its own before it is posted (encode_artifact).
+JSON allows what orjson, the encoder, refuses: integers beyond 64 bits, nesting
+deeper than 254 levels, strings with lone surrogates (a `\\ud800` escape, or the
+name of a file that is not UTF-8). Such an artifact is coerced with a warning
+(surrogates become U+FFFD, a `json` artifact's content is sent as JSON text,
+other big integers as decimal text), and skipped with a warning when even that
+cannot be encoded; the other artifacts are posted either way.
 """
 
 from __future__ import annotations
@@ -30,16 +38,23 @@ import functools
 import json
 import mimetypes
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
+
 from workers.common.errors import ConfigError
 
 BLOB_THRESHOLD_ENV = "FLYWHEEL_ARTIFACT_BLOB_THRESHOLD_BYTES"
 DEFAULT_BLOB_THRESHOLD = 16 * 1024 * 1024
+# A file is embedded whole in one JSON body (as base64, 4/3 of it) held in
+# memory: more than this is no artifact to embed, and a number past what a
+# read can ask for crashed the worker.
+MAX_BLOB_THRESHOLD = 1024 * 1024 * 1024
 DEFAULT_MANIFEST_MAX_BYTES = 64 * 1024 * 1024
 HEAD_CHARS = 2000
 CHECKPOINT_SUFFIXES = frozenset(
@@ -56,6 +71,10 @@ ManifestStatus = Literal["ok", "missing", "empty", "malformed"]
 # Base64 is encoded in slices whose length is a multiple of 3, so the pieces
 # concatenate into exactly the encoding of the whole.
 _B64_SLICE = 3 * 256 * 1024
+# orjson's limits: containers nested up to 254 deep, integers of 64 bits.
+_MAX_JSON_DEPTH = 254
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Enough bytes to always yield HEAD_CHARS characters (UTF-8 is at most 4 bytes
 # a character; every invalid byte becomes one replacement character).
 _HEAD_BYTES = 4 * HEAD_CHARS
@@ -86,8 +105,20 @@ class Enriched:
     file: Path | None = None
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One artifact as the body to post; `body` is None when it cannot be sent."""
+
+    body: bytes | None
+    warnings: tuple[str, ...] = ()
+
+
 class _Refused(Exception):
     """A path that must not be read; the message says why."""
+
+
+class _TooDeep(Exception):
+    """Nested deeper than orjson encodes."""
 
 
 # ---------------------------------------------------------------------------
@@ -96,7 +127,8 @@ class _Refused(Exception):
 
 def blob_threshold_from_env(env: Mapping[str, str]) -> int:
     """The embedding threshold in bytes: FLYWHEEL_ARTIFACT_BLOB_THRESHOLD_BYTES,
-    default 16 MiB. Raises ConfigError when the value is not a whole number >= 0."""
+    default 16 MiB. Raises ConfigError when the value is not a whole number
+    from 0 to MAX_BLOB_THRESHOLD (1 GiB)."""
     raw = env.get(BLOB_THRESHOLD_ENV, "").strip()
     if not raw:
         return DEFAULT_BLOB_THRESHOLD
@@ -108,6 +140,11 @@ def blob_threshold_from_env(env: Mapping[str, str]) -> int:
         raise ConfigError(
             f"{BLOB_THRESHOLD_ENV}={raw!r} is not a whole number of bytes; "
             f"set it to e.g. {DEFAULT_BLOB_THRESHOLD} (16 MiB) or unset it."
+        )
+    if value > MAX_BLOB_THRESHOLD:
+        raise ConfigError(
+            f"{BLOB_THRESHOLD_ENV}={raw!r} is more than the most bootstrap embeds, "
+            f"{MAX_BLOB_THRESHOLD} (1 GiB); set it lower or unset it (16 MiB)."
         )
     return value
 
@@ -643,6 +680,103 @@ def _enrich_diffs(
         new_item["diff"] = _decode_text(got.data, label, warnings)
         out.append(new_item)
     return out
+
+
+# ---------------------------------------------------------------------------
+# Encoding one artifact
+
+
+def scrub(text: str) -> str:
+    """`text` with lone surrogates as U+FFFD, so any UTF-8 encoder takes it."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def encode_artifact(artifact: Mapping[str, Any], label: str) -> Encoded:
+    """The JSON body that posts `artifact`, coerced when orjson refuses it
+    (see the module's docstring); `label` names it in the warnings."""
+    try:
+        return Encoded(orjson.dumps(artifact))
+    except orjson.JSONEncodeError as exc:
+        refused = str(exc)
+    notes: list[str] = []
+    try:
+        coerced = _coerce(artifact, notes)
+        body = orjson.dumps(coerced)
+    except (_TooDeep, orjson.JSONEncodeError) as exc:
+        why = f"nested deeper than {_MAX_JSON_DEPTH} levels" if isinstance(exc, _TooDeep) else str(exc)
+        return Encoded(None, (f"{label} skipped: it cannot be sent as JSON ({why})",))
+    done = "; ".join(notes) or "coerced"
+    return Encoded(body, (f"{label} cannot be sent as JSON as it is ({refused}); {done}",))
+
+
+def _coerce(artifact: Mapping[str, Any], notes: list[str]) -> Any:
+    """A copy of `artifact` that orjson encodes, or _TooDeep."""
+    payload = artifact.get("payload")
+    if artifact.get("artifact_type") == "json" and isinstance(payload, Mapping) and "content" in payload:
+        payload = _json_content(payload, notes)
+    return _scrubbed({**artifact, "payload": payload}, notes, ints_as_text=True)
+
+
+def _json_content(payload: Mapping[str, Any], notes: list[str]) -> Mapping[str, Any]:
+    """A json artifact's payload with its content kept when replacing lone
+    surrogates is enough (the walk over the whole artifact does that), else
+    as JSON text, which keeps a big integer or a deep structure exactly."""
+    content = payload["content"]
+    try:
+        # The content sits two levels down: artifact, payload.
+        if _encodes(_scrubbed(content, [], depth=2)):
+            return payload
+    except _TooDeep:
+        pass
+    text = _json_text(content)
+    if text is None:
+        return payload
+    notes.append("its content was sent as JSON text")
+    return {**payload, "content": text}
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
+def _json_text(value: Any) -> str | None:
+    try:
+        return scrub(json.dumps(value, ensure_ascii=False))
+    except (RecursionError, ValueError):
+        return None
+
+
+def _scrubbed(value: Any, notes: list[str], ints_as_text: bool = False, depth: int = 0) -> Any:
+    """`value` with lone surrogates replaced (and, with `ints_as_text`,
+    integers past 64 bits as text); _TooDeep past orjson's nesting. Each kind
+    of change is noted once."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            _note(notes, "text that is not valid Unicode (lone surrogates) was replaced with U+FFFD")
+            return scrub(value)
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and not _MIN_INT <= value <= _MAX_INT:
+        if not ints_as_text:
+            return value
+        _note(notes, "integers beyond 64 bits were sent as text")
+        return str(value)
+    if isinstance(value, (dict, list)):
+        if depth >= _MAX_JSON_DEPTH:
+            raise _TooDeep
+        if isinstance(value, list):
+            return [_scrubbed(item, notes, ints_as_text, depth + 1) for item in value]
+        return {_scrubbed(str(key), notes): _scrubbed(item, notes, ints_as_text, depth + 1)
+                for key, item in value.items()}
+    return value
+
+
+def _note(notes: list[str], note: str) -> None:
+    if note not in notes:
+        notes.append(note)
 
 
 # ---------------------------------------------------------------------------

@@ -10,8 +10,10 @@ goes ahead (a run is journaled `started` before its supervisor exists):
     {"ev": "ended",   "run": RUN_ID, "state": "complete" | "error" | "cancelled"}
     {"ev": "moved",   "file": NAME, "to": "done" | "failed" | "gone"}
 
-A line torn by a crash is ignored. `replay` turns the lines back into what the
-watcher knows; it is a pure function.
+A file name that is not UTF-8 (JSON cannot hold its bytes) is written as
+`"file_hex": HEX` of its bytes instead of `"file"`. A line torn by a crash is
+ignored. `replay` turns the lines back into what the watcher knows; it is a
+pure function.
 """
 
 from __future__ import annotations
@@ -53,15 +55,36 @@ def replay(lines: Iterable[bytes]) -> Known:
         event = record.get("ev")
         if event == "taken" and isinstance(record.get("runs"), list):
             runs = tuple(str(run) for run in record["runs"])
-            active[str(record.get("file"))] = runs
+            active[file_name(record)] = runs
             taken.update(runs)
         elif event == "started":
             started.add(str(record.get("run")))
         elif event == "ended":
             ended[str(record.get("run"))] = str(record.get("state"))
         elif event == "moved":
-            active.pop(str(record.get("file")), None)
+            active.pop(file_name(record), None)
     return Known(active, frozenset(taken), frozenset(started), ended)
+
+
+def name_field(name: str) -> dict[str, str]:
+    """A file name as a journal field. os.listdir gives a name that is not
+    UTF-8 with its bytes as lone surrogates, which JSON cannot carry."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return {"file_hex": os.fsencode(name).hex()}
+    return {"file": name}
+
+
+def file_name(record: dict[str, object]) -> str:
+    """The file name a record names (see name_field)."""
+    raw = record.get("file_hex")
+    if isinstance(raw, str):
+        try:
+            return os.fsdecode(bytes.fromhex(raw))
+        except ValueError:
+            pass
+    return str(record.get("file"))
 
 
 def journal_path(home: Path, folder: Path) -> Path:
@@ -91,7 +114,7 @@ class Journal:
         os.fsync(self._fd)
 
     def taken(self, name: str, runs: Sequence[str]) -> None:
-        self._write({"ev": "taken", "file": name, "runs": list(runs)})
+        self._write({"ev": "taken", **name_field(name), "runs": list(runs)})
 
     def started(self, run_id: str) -> None:
         self._write({"ev": "started", "run": run_id})
@@ -100,7 +123,7 @@ class Journal:
         self._write({"ev": "ended", "run": run_id, "state": state})
 
     def moved(self, name: str, to: str) -> None:
-        self._write({"ev": "moved", "file": name, "to": to})
+        self._write({"ev": "moved", **name_field(name), "to": to})
 
     def close(self) -> None:
         if self._fd >= 0:

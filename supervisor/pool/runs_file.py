@@ -14,19 +14,26 @@ file travels with its configs), `~` expands.
 Every bad line is reported at once, each as `<source>:<line>: <problem>`, and no
 run starts. A token never appears in a message: a misplaced field is described
 by its position, not its value.
+
+The file must be a regular file of at most MAX_BYTES (a pipe is read with
+`--runs -`): a FIFO without a writer would hang the read, and /dev/zero or a
+runaway generator would fill memory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from supervisor.config import read_text_file
+from supervisor.preflight import check_token
 from workers.common.errors import ConfigError
 
+# Far above any real batch (a line is ~100 bytes), far below what hurts a host.
+MAX_BYTES = 16 * 1024 * 1024
 KEYS = ("run_id", "token", "config", "server", "gpus")
 _OPTION_KEYS = frozenset({"config", "server", "gpus"})
 
@@ -93,7 +100,7 @@ def parse_runs(
 
 def read_runs(
     path_or_dash: str,
-    stdin: TextIO,
+    stdin: TextIO | None,
     *,
     default_config: Path | None,
     default_server: str,
@@ -101,25 +108,14 @@ def read_runs(
     """Read and parse the runs file (`-` is standard input).
 
     Returns the runs and warnings to show (a file other users can read)."""
-    warnings: list[str] = []
     if path_or_dash == "-":
-        text = stdin.read()
-        return (
-            parse_runs(
-                text,
-                source="<stdin>",
-                default_config=default_config,
-                default_server=default_server,
-                base_dir=Path.cwd(),
-            ),
-            warnings,
-        )
+        text = _read_stdin(stdin)
+        specs = parse_runs(text, source="<stdin>", default_config=default_config,
+                           default_server=default_server, base_dir=Path.cwd())
+        return specs, []
     path = Path(path_or_dash).expanduser()
-    text = read_text_file(path, what="runs file")
-    mode = path.stat().st_mode
+    text, mode = _read_file(path)
     warning = permission_warning(path, mode)
-    if warning:
-        warnings.append(warning)
     specs = parse_runs(
         text,
         source=str(path),
@@ -127,7 +123,88 @@ def read_runs(
         default_server=default_server,
         base_dir=path.resolve().parent,
     )
-    return specs, warnings
+    return specs, [warning] if warning else []
+
+
+def _too_big(label: str) -> ConfigError:
+    return ConfigError(f"{label} holds more than {MAX_BYTES // (1024 * 1024)} MiB; "
+                       "split it into several runs files")
+
+
+def _read_stdin(stdin: TextIO | None) -> str:
+    # A service manager may start us with standard input closed.
+    if stdin is None:
+        raise ConfigError("--runs -: standard input is closed; pass the runs on it or name a file")
+    text = stdin.read(MAX_BYTES + 1)
+    if len(text) > MAX_BYTES:
+        raise _too_big("standard input (--runs -)")
+    return text
+
+
+def _read_file(path: Path) -> tuple[str, int]:
+    """The UTF-8 text of a regular runs file and its mode; a ConfigError saying
+    why it cannot be had. Opened without blocking, so a FIFO is refused, not waited on."""
+    label = f"runs file {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{label} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"{label} cannot be read: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(f"{label} cannot be read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{label} is a folder, not a file")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{label} is {_kind(mode)}, not a regular file; "
+                              "to read runs from a pipe, use --runs - (standard input)")
+        if st.st_size > MAX_BYTES:
+            raise _too_big(label)
+        data = _read_capped(fd, label)
+    except OSError as exc:
+        raise ConfigError(f"{label} cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return _decode(data, label), mode
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def _read_capped(fd: int, label: str) -> bytes:
+    # Bounded even when the file grows while it is read.
+    chunks: list[bytes] = []
+    total = 0
+    while total <= MAX_BYTES:
+        chunk = os.read(fd, MAX_BYTES + 1 - total)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+    raise _too_big(label)
+
+
+def _decode(data: bytes, label: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{label} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} on line {line}); "
+            "save it as UTF-8"
+        ) from None
 
 
 def permission_warning(path: Path, mode: int) -> str | None:
@@ -179,6 +256,8 @@ def _json_fields(body: str) -> dict[str, object]:
         value = json.loads(body)
     except json.JSONDecodeError as exc:
         raise _BadLine(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise _BadLine("not valid JSON for a run (nested too deeply)") from None
     if not isinstance(value, dict):
         raise _BadLine("a line starting with '{' must be one JSON object")
     unknown = sorted(key for key in value if key not in KEYS)
@@ -204,8 +283,18 @@ def _build_spec(
         raise _BadLine(f"run {run_id!r} has no token")
     if not isinstance(token, str):
         raise _BadLine(f"run {run_id!r}: token must be a string")
-    if any(ch.isspace() for ch in token):
-        raise _BadLine(f"run {run_id!r}: token contains whitespace")
+    # The rules of --token: the token goes into the supervisor's environment
+    # and an HTTP header, where NUL or a lone surrogate fail. The header's
+    # Latin-1 is checked here too, so a bad line never reaches the launcher
+    # whatever check_token covers.
+    try:
+        check_token(token)
+        token.encode("latin-1")
+    except ConfigError as exc:
+        raise _BadLine(f"run {run_id!r}: {exc.message}") from None
+    except UnicodeEncodeError:
+        raise _BadLine(f"run {run_id!r}: the run token contains characters an HTTP header "
+                       "cannot carry (outside Latin-1); copy it again") from None
 
     config_value = fields.get("config")
     if config_value is None:

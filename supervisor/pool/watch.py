@@ -14,7 +14,11 @@
   `DIR/failed/` (any error or cancel). A file that cannot be read, or whose runs
   cannot be run here (bad line, bad config, GPUs the host does not have, a run id
   taken before), goes to `DIR/failed/` at once with the reason in
-  `NAME.error` beside it; none of its runs starts.
+  `NAME.error` beside it; none of its runs starts. Whatever reading or checking
+  one file raises stays with that file: the service and the other files' runs
+  go on. When `failed/` or `done/` cannot be made (a plain file has its name),
+  that is said once and the files stay in DIR (a refused one with its
+  `NAME.error` beside it).
 - The journal (supervisor/pool/journal.py) records each step first, so a
   restart never runs a run twice: a run that had started when the watcher died
   is reported `error` to the backend (the backend answers 409 if its supervisor
@@ -29,6 +33,7 @@ import errno
 import fcntl
 import os
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
@@ -126,6 +131,20 @@ def already_taken(
     return None
 
 
+def shown(text: str) -> str:
+    """`text` safe to print and to write as UTF-8: the bytes of a file name
+    that is not UTF-8 (os.listdir's lone surrogates) as \\xNN."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+class _Unrunnable(Exception):
+    """Why one runs file cannot be run; it goes to failed/ with this reason."""
+
+
 def free_name(folder: Path, name: str) -> Path:
     """`folder/name`, or `folder/stem.N.runs` when that exists already."""
     target = folder / name
@@ -171,6 +190,8 @@ class FolderFeed:
     _files: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _ended: dict[str, str] = field(default_factory=dict)
     _pending: list[tuple[RunSpec, GpuRequest]] = field(default_factory=list)
+    # done/ or failed/ when it cannot be made, said once until it can again.
+    _unusable: set[str] = field(default_factory=set)
     _observer: BaseObserver | None = None
 
     def open(self) -> None:
@@ -233,41 +254,65 @@ class FolderFeed:
     # -- files
 
     def _take(self, name: str) -> None:
-        path = self.folder / name
         try:
-            specs = self.read_runs(path)
-            ids = [spec.run_id for spec in specs]
-            refused = already_taken(ids, self._taken, self._files)
-            if refused:
-                raise BootstrapError(refused)
-            requests = self.plan_runs(specs)
-        except BootstrapError as exc:
-            self._refuse(name, exc.message)
+            specs, requests = self._read(name)
+        except _Unrunnable as refused:
+            self._refuse(name, str(refused))
             return
+        ids = [spec.run_id for spec in specs]
         self.journal.taken(name, ids)
         self._taken.update(ids)
         self._files[name] = tuple(ids)
-        self.echo(f"{name}: {len(specs)} run{'s' if len(specs) != 1 else ''} taken")
+        self._say(f"{name}: {len(specs)} run{'s' if len(specs) != 1 else ''} taken")
         self._pending += [(spec, requests.get(spec.run_id)) for spec in specs]
+
+    def _read(self, name: str, only: Set[str] | None = None) -> tuple[list[RunSpec], Mapping[str, GpuRequest]]:
+        """A file's runs (those in `only` for a file taken before a restart, else
+        all, none of them taken before) and their GPU requests. Raises
+        _Unrunnable with the reason the file cannot be run."""
+        try:
+            specs = self.read_runs(self.folder / name)
+            if only is not None:
+                specs = [spec for spec in specs if spec.run_id in only]
+            else:
+                refused = already_taken([spec.run_id for spec in specs], self._taken, self._files)
+                if refused:
+                    raise BootstrapError(refused)
+            return specs, self.plan_runs(specs)
+        except BootstrapError as exc:
+            raise _Unrunnable(exc.message) from None
+        except RecursionError:
+            # json and tomllib recurse once per level of nesting.
+            raise _Unrunnable("it, or a config it names, is nested too deeply to be read") from None
+        except (OSError, ValueError) as exc:
+            # A path with a NUL byte or a name too long, in a line or a config.
+            raise _Unrunnable(f"it could not be read: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            # A bug of ours: it stays with this one file, so the service and the
+            # runs in progress go on; the traceback is what a report needs.
+            self._say(f"{name}: unexpected error while reading it (a bug in bootstrap):")
+            for line in traceback.format_exc().splitlines():
+                self._say(f"  {line}")
+            raise _Unrunnable(f"bootstrap failed while reading it: {type(exc).__name__}: {exc} "
+                              "(a bug in bootstrap; the traceback is in the watcher's output)") from None
 
     def _resume(self, name: str, run_ids: tuple[str, ...], known: Known) -> None:
         """A file the watcher had taken before it stopped."""
         self._seen.add(name)
         path = self.folder / name
         if not path.exists():
-            self.echo(f"warning: {name} was taken before the restart but is gone from {self.folder}; "
+            self._say(f"warning: {name} was taken before the restart but is gone from {self.folder}; "
                       "its runs that had not started are not run")
             self.journal.moved(name, "gone")
             return
         try:
-            specs = [spec for spec in self.read_runs(path) if spec.run_id in run_ids]
-            requests = self.plan_runs(specs)
-        except BootstrapError as exc:
-            self._refuse(name, exc.message)
+            specs, requests = self._read(name, only=set(run_ids))
+        except _Unrunnable as refused:
+            self._refuse(name, str(refused))
             return
         self._files[name] = run_ids
         for run_id in sorted(set(run_ids) - {spec.run_id for spec in specs} - set(known.ended)):
-            self.echo(f"warning: run {run_id} is no longer in {name}; it is not run")
+            self._say(f"warning: run {run_id} is no longer in {name}; it is not run")
             self.journal.ended(run_id, states.CANCELLED)
             self._ended[run_id] = states.CANCELLED
         for spec in specs:
@@ -275,13 +320,13 @@ class FolderFeed:
                 continue
             if spec.run_id in known.started:
                 note = self.report_lost(spec, LOST_REASON)
-                self.echo(f"run {spec.run_id}: had started before the restart: reported as error ({note})")
+                self._say(f"run {spec.run_id}: had started before the restart: reported as error ({note})")
                 self.journal.ended(spec.run_id, states.ERROR)
                 self._ended[spec.run_id] = states.ERROR
             else:
                 self._pending.append((spec, requests.get(spec.run_id)))
         waiting = sum(1 for spec in specs if spec.run_id not in self._ended)
-        self.echo(f"{name}: resumed after a restart, {waiting} run{'s' if waiting != 1 else ''} still to start")
+        self._say(f"{name}: resumed after a restart, {waiting} run{'s' if waiting != 1 else ''} still to start")
         self._route(name)
 
     def _route(self, name: str) -> None:
@@ -293,26 +338,49 @@ class FolderFeed:
         target = self._move(name, where)
         tally = Counter(self._ended.pop(run_id) for run_id in run_ids)
         said = ", ".join(f"{count} {state}" for state, count in sorted(tally.items()))
-        self.echo(f"{name}: every run ended ({said}) -> {where}/{target.name}")
+        place = f"{where}/{target.name}" if target else f"left in {self.folder}"
+        self._say(f"{name}: every run ended ({said}) -> {place}")
 
     def _refuse(self, name: str, why: str) -> None:
         target = self._move(name, FAILED)
-        note = target.with_name(target.name + ".error")
+        kept = target or self.folder / name
+        note = kept.with_name(kept.name + ".error")
         try:
-            note.write_text(why + "\n", encoding="utf-8")
+            note.write_text(shown(why) + "\n", encoding="utf-8")
         except OSError:
             pass
-        self.echo(f"{name}: not run, moved to {FAILED}/{target.name}: {why.splitlines()[0]}")
+        place = f"moved to {FAILED}/{target.name}" if target else f"left in {self.folder}"
+        self._say(f"{name}: not run, {place}: {why.splitlines()[0]}")
         for line in why.splitlines()[1:]:
-            self.echo(f"  {line}")
+            self._say(f"  {line}")
 
-    def _move(self, name: str, where: str) -> Path:
+    def _move(self, name: str, where: str) -> Path | None:
+        """Move a file into `where`/; None when it stays where it is."""
         folder = self.folder / where
-        folder.mkdir(exist_ok=True, mode=0o700)
-        target = free_name(folder, name)
         try:
-            os.rename(self.folder / name, target)
+            folder.mkdir(exist_ok=True, mode=0o700)
         except OSError as exc:
-            self.echo(f"warning: could not move {name} to {where}/: {exc.strerror}")
+            self._unusable_folder(folder, exc)
+            target = None
+        else:
+            self._unusable.discard(where)
+            target = free_name(folder, name)
+            try:
+                os.rename(self.folder / name, target)
+            except OSError as exc:
+                self._say(f"warning: could not move {name} to {where}/: {exc.strerror}")
+                target = None
         self.journal.moved(name, where)
         return target
+
+    def _unusable_folder(self, folder: Path, exc: OSError) -> None:
+        if folder.name in self._unusable:
+            return
+        self._unusable.add(folder.name)
+        what = ("is not a folder" if isinstance(exc, FileExistsError)
+                else f"cannot be made ({exc.strerror or exc})")
+        self._say(f"warning: {folder} {what}, so runs files that end stay in {self.folder} "
+                  "(a refused one with NAME.error beside it); remove or rename it")
+
+    def _say(self, text: str) -> None:
+        self.echo(shown(text))
