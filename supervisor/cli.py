@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from supervisor import __version__
-from supervisor.durations import DURATION
+from supervisor.durations import AGE, DURATION, HEARTBEAT_INTERVAL
 from supervisor.plain_output import stamp
 from supervisor.settings import RunSettings
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_SIGINT, EXIT_USAGE, BootstrapError
@@ -152,7 +152,7 @@ def _mention_leftover_spool(state_dir: Path) -> None:
               "default from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a Slurm job array.")
 @click.option("--max-parallel", type=click.IntRange(min=1), help="At most N runs at a time.")
 @click.option("--gpus-per-run", type=click.IntRange(min=1), help="Give each run K GPUs (CUDA_VISIBLE_DEVICES).")
-@click.option("--heartbeat-interval", type=DURATION, envvar="FLYWHEEL_HEARTBEAT_INTERVAL",
+@click.option("--heartbeat-interval", type=HEARTBEAT_INTERVAL, envvar="FLYWHEEL_HEARTBEAT_INTERVAL",
               help="Time between heartbeats: 30s, 2m; bare = seconds [default: 30s] (env FLYWHEEL_HEARTBEAT_INTERVAL).")
 @click.option("--codex-timeout", type=DURATION, envvar="FLYWHEEL_CODEX_TIMEOUT",
               help="Stop Codex after this long (90m, 2h; bare = seconds) and report an error "
@@ -323,7 +323,7 @@ def logs(ctx: click.Context, run_id: str, follow: bool, as_json: bool, while_std
 
 
 @cli.command()
-@click.option("--older-than", type=DURATION, default="7d", show_default=True,
+@click.option("--older-than", type=AGE, default="7d", show_default=True,
               help="Only runs whose state folder has not changed for this long (30m, 12h, 7d).")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 def prune(older_than: float, dry_run: bool) -> None:
