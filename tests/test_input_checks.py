@@ -6,14 +6,17 @@ connection reached it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from supervisor.config import CONFIG_MAX_BYTES, INSTRUCTIONS_MAX_BYTES
 from supervisor.durations import MAX_WAIT, MIN_HEARTBEAT_INTERVAL, parse_duration
 from supervisor.local_backend import LocalBackend
 from tests.conftest import Env
-from tests.test_bad_input import expect
+from tests.test_bad_input import OK_FLYWHEEL, expect
 
 
 def start_run(env: Env, backend: LocalBackend, *args: str, config: str | None = None, token: str | None = None,
@@ -94,3 +97,84 @@ def test_relative_flywheel_home_is_made_absolute(env: Env, backend: LocalBackend
     assert result.returncode == 0, result.stderr
     assert backend.run(run_id)["state"] == "complete"
     assert (env.tmp / "rel" / "home" / "state" / run_id).is_dir()
+
+
+# -- config and instructions file -------------------------------------------
+
+LONG = "a" * 300  # over NAME_MAX (255)
+NESTED = "x = " + "[" * 5000 + "]" * 5000 + "\n"
+
+
+def config_cases(tmp: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    sandboxed = 'sandbox_mode = "workspace-write"\n[sandbox_workspace_write]\n'
+    return {
+        "workspace NUL": ('workspace_dir = "/tmp/a\\u0000b"\n' + OK_FLYWHEEL, ("workspace_dir", "NUL")),
+        "workspace name too long": (f'workspace_dir = "{tmp}/{LONG}/x"\n' + OK_FLYWHEEL,
+                                    ("workspace", "File name too long")),
+        "instructions file NUL": ('[flywheel]\nworkspace_instructions_file = "a\\u0000b"\n',
+                                  ("workspace_instructions_file", "NUL")),
+        "writable root NUL": (f'workspace_dir = "{tmp}/ws/<run_id>"\n{sandboxed}writable_roots = ["/tmp/a\\u0000"]\n'
+                              + OK_FLYWHEEL, ("writable_roots", "NUL")),
+        "writable root name too long": (f'workspace_dir = "{tmp}/ws/<run_id>"\n{sandboxed}'
+                                        f'writable_roots = ["{tmp}/{LONG}"]\n' + OK_FLYWHEEL,
+                                        ("writable_roots", "File name too long")),
+        "nested too deeply": (NESTED + OK_FLYWHEEL, ("not valid TOML", "nested too deeply")),
+        "instructions /dev/zero": ('[flywheel]\nworkspace_instructions_file = "/dev/zero"\n',
+                                   ("/dev/zero", "not a regular file")),
+        "instructions folder": ('[flywheel]\nworkspace_instructions_file = "/"\n', ("folder",)),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(config_cases("/tmp")))
+def test_bad_config_values(env: Env, backend: LocalBackend, case: str) -> None:
+    body, fragments = config_cases(str(env.tmp))[case]
+    refused_before_any_request(env, backend, config=body, fragments=fragments)
+
+
+def test_instructions_file_fifo_does_not_hang(env: Env, backend: LocalBackend) -> None:
+    os.mkfifo(env.tmp / "notes.md")
+    refused_before_any_request(env, backend, config='[flywheel]\nworkspace_instructions_file = "notes.md"\n',
+                               fragments=("notes.md", "FIFO"))
+
+
+def test_huge_instructions_file(env: Env, backend: LocalBackend) -> None:
+    with open(env.tmp / "notes.md", "wb") as f:
+        f.truncate(4 * 1024**3)  # sparse: no disk used
+    refused_before_any_request(env, backend, config='[flywheel]\nworkspace_instructions_file = "notes.md"\n',
+                               fragments=("notes.md", f"larger than {INSTRUCTIONS_MAX_BYTES // 1024**2} MiB"))
+
+
+def test_instructions_file_at_the_cap_is_taken(env: Env, backend: LocalBackend) -> None:
+    (env.tmp / "notes.md").write_text("x" * INSTRUCTIONS_MAX_BYTES)
+    run_id, result = start_run(env, backend, config=f'workspace_dir = "{env.tmp}/ws/<run_id>"\n'
+                               '[flywheel]\nworkspace_instructions_file = "notes.md"\n')
+    assert result.returncode == 0, result.stderr
+    assert backend.run(run_id)["state"] == "complete"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "huge", "folder"])
+def test_config_that_is_not_a_small_regular_file(env: Env, backend: LocalBackend, kind: str) -> None:
+    path = env.tmp / "c.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "huge":
+        path.write_text(OK_FLYWHEEL + "# " + "x" * CONFIG_MAX_BYTES + "\n")
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    run_id, token = backend.create_run()
+    result = env.run("--run-id", run_id, "--config", str(path), "--server", backend.url,
+                     extra={"FLYWHEEL_RUN_TOKEN": token}, timeout=30)
+    expect(result, 2, str(path))
+    assert backend.connections_opened == 0
+    doctor = env.run("doctor", "--config", str(path), "--server", "http://127.0.0.1:9", timeout=60)
+    assert "Traceback" not in doctor.stderr and doctor.returncode == 1
+    assert f"✗ config: config file {path}" in doctor.stdout, doctor.stdout
+
+
+def test_doctor_names_a_deeply_nested_config(env: Env) -> None:
+    config = env.config(NESTED + OK_FLYWHEEL)
+    doctor = env.run("doctor", "--config", str(config), "--server", "http://127.0.0.1:9", timeout=60)
+    assert "Traceback" not in doctor.stderr and doctor.returncode == 1
+    assert "✗ config:" in doctor.stdout and "nested too deeply" in doctor.stdout, doctor.stdout
