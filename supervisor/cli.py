@@ -17,6 +17,8 @@ from supervisor.plain_output import stamp
 from supervisor.settings import RunSettings
 from workers.common.errors import EXIT_OK, EXIT_RUN_ERROR, EXIT_SIGINT, EXIT_USAGE, BootstrapError
 from workers.common.files import flywheel_home
+from workers.common.redact import mask_url_userinfo
+from workers.common.server_url import validate_server_url
 from workers.common.timing import Timing
 
 DEFAULT_SERVER = "http://localhost:8000"
@@ -61,7 +63,7 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     sweep_left_processes(prep.state_dir.parent, say)
     def retrying(why: str, attempt: int) -> None:
         if attempt == 2:  # once: the final failure names the last reason again
-            say(f"run {run_id}: the backend does not answer the task fetch ({why}); trying up to "
+            say(f"run {run_id}: the backend does not answer the task fetch ({mask_url_userinfo(why)}); trying up to "
                 f"{timing.fetch_tries} times")
 
     # From here on a signal is an event, not an exception: once the fetch has
@@ -191,6 +193,9 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
             raise click.UsageError("--runs cannot be combined with --run-id/--token (put them in the runs file)")
         if follow:
             raise click.UsageError("--follow is for one run; with --runs, use `flywheel-bootstrap logs RUN_ID -f`")
+        # The runs' default backend: a malformed one must stop the pool before
+        # Codex is provisioned or any server is reached.
+        validate_server_url(server)
         if watch:
             if shard is not None:
                 raise click.UsageError("--shard shares one runs file; it does not apply to --watch")
@@ -389,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
         say("interrupted")
         code = EXIT_SIGINT
     except BootstrapError as exc:
-        say(f"error: {exc.message}")
+        # A --server URL's password must not reach a terminal or a log.
+        say(f"error: {mask_url_userinfo(exc.message)}")
         code = exc.exit_code
     sys.exit(code if isinstance(code, int) else 0)
 

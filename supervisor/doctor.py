@@ -23,9 +23,11 @@ import requests
 from supervisor import mock_agent
 from supervisor.config import NO_SANDBOX_MODE, CodexConfig, load_config
 from supervisor.pool import gpus as gpu_discovery
+from supervisor.preflight import token_problem
 from supervisor.provision import CODEX_VERSION, CodexCommand, installed_path, kept_checksum, login_ok
 from workers.common import net_trouble
 from workers.common.errors import BootstrapError
+from workers.common.redact import mask_url_userinfo
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
 MARKS = {OK: "✓", FAIL: "✗", SKIP: "–"}
@@ -285,22 +287,32 @@ def check_backend(server: str, run_id: str | None, token: str | None) -> list[Ch
     except BootstrapError as exc:
         return [Check("backend", FAIL, exc.message, "pass a URL like https://flywheel.example.com"),
                 Check("token", SKIP, "needs a valid --server")]
+    # The URL's password must not be printed (it may even be the run token).
+    shown = mask_url_userinfo(base)
+    bad_token = token_problem(token) if token and run_id else None
     url = f"{base}/runs/{run_id}/control/poll" if run_id else f"{base}/"
     session = requests.Session()
     session.trust_env = False  # as the runs do: a proxy variable must not reroute the check
     headers = {"Accept": "application/json"}
-    if token and run_id:
+    if token and run_id and bad_token is None:
         headers["X-Run-Token"] = token
     try:
         answer = session.get(url, headers=headers, timeout=_TIMEOUT, allow_redirects=False)
     except requests.RequestException as exc:
         kind = net_trouble.kind_of(exc)
-        return [Check("backend", FAIL, f"{base}: {net_trouble.describe(exc, base)}", net_trouble.FIXES[kind]),
-                Check("token", SKIP, "needs the backend")]
+        detail = mask_url_userinfo(f"{base}: {net_trouble.describe(exc, base)}")
+        return [Check("backend", FAIL, detail, net_trouble.FIXES[kind]),
+                _bad_token_check(bad_token) if bad_token else Check("token", SKIP, "needs the backend")]
     finally:
         session.close()
-    reachable = Check("backend", OK, f"{base} answers (HTTP {answer.status_code})")
+    reachable = Check("backend", OK, f"{shown} answers (HTTP {answer.status_code})")
+    if bad_token:
+        return [reachable, _bad_token_check(bad_token)]
     return [reachable, token_check(answer.status_code, run_id, token)]
+
+
+def _bad_token_check(problem: str) -> Check:
+    return Check("token", FAIL, problem, "set FLYWHEEL_RUN_TOKEN to the run's token as the backend gave it")
 
 
 def token_check(status: int, run_id: str | None, token: str | None) -> Check:
