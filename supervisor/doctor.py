@@ -158,8 +158,11 @@ _NO_WRITABLE_ROOTS = (
 
 
 def _probe_target(server: str) -> tuple[str, int]:
-    parts = urlsplit(server)
-    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        parts = urlsplit(server)
+        return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # the backend check names what is wrong with the URL
+        return "127.0.0.1", 80
 
 
 def check_sandbox(codex: CodexCommand | None, cfg: CodexConfig | None, env: Mapping[str, str], server: str,

@@ -14,9 +14,15 @@ import pytest
 
 from supervisor.config import CONFIG_MAX_BYTES, INSTRUCTIONS_MAX_BYTES
 from supervisor.durations import MAX_WAIT, MIN_HEARTBEAT_INTERVAL, parse_duration
+from supervisor.git_persist import url_problem
 from supervisor.local_backend import LocalBackend
+from supervisor.preflight import token_problem
 from tests.conftest import Env
 from tests.test_bad_input import OK_FLYWHEEL, expect
+from workers.common.errors import ConfigError
+from workers.common.server_url import validate_server_url
+
+TOKEN = "tok-123456"
 
 
 def start_run(env: Env, backend: LocalBackend, *args: str, config: str | None = None, token: str | None = None,
@@ -178,3 +184,121 @@ def test_doctor_names_a_deeply_nested_config(env: Env) -> None:
     doctor = env.run("doctor", "--config", str(config), "--server", "http://127.0.0.1:9", timeout=60)
     assert "Traceback" not in doctor.stderr and doctor.returncode == 1
     assert "✗ config:" in doctor.stdout and "nested too deeply" in doctor.stdout, doctor.stdout
+
+
+# -- --server ------------------------------------------------------------------
+
+BAD_SERVERS = {
+    "unclosed IPv6": ("http://[::1", "Invalid IPv6"),
+    "bad percent": ("http://%zz/", "not a host name"),
+    "Arabic-Indic digits": ("http://١٢٧.0.0.1/", "internationalised"),
+    "label over 63": ("http://" + "a" * 70 + ".com", "at most 63"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SERVERS))
+def test_validate_server_url_refuses(case: str) -> None:
+    url, fragment = BAD_SERVERS[case]
+    with pytest.raises(ConfigError, match=fragment):
+        validate_server_url(url)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "https://bücher.de", "http://[::1]:80",
+                                 "http://my_host:80/prefix/", "https://flywheel.example.com."])
+def test_validate_server_url_takes(url: str) -> None:
+    assert validate_server_url(url) == url.rstrip("/")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SERVERS))
+def test_bad_server_everywhere(env: Env, backend: LocalBackend, case: str) -> None:
+    url, fragment = BAD_SERVERS[case]
+    run_id, token = backend.create_run()
+    config = str(env.config())
+    message = f"--server {url!r} is not a valid URL"
+    single = env.run("--run-id", run_id, "--config", config, "--server", url, extra={"FLYWHEEL_RUN_TOKEN": token})
+    expect(single, 2, message, fragment)
+    many = env.run("--runs", "-", "--config", config, "--server", url, stdin=f"{run_id} {token}\n")
+    expect(many, 2, message, fragment)
+    control = env.run("control", run_id, "take-over", "--server", url, "--wait", "1")
+    expect(control, 2, message)
+    doctor = env.run("doctor", "--config", config, "--server", url, "--run-id", run_id,
+                     extra={"FLYWHEEL_RUN_TOKEN": token}, timeout=60)
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr
+    assert f"✗ backend: {message}" in doctor.stdout, doctor.stdout
+    assert backend.connections_opened == 0
+    assert backend.run(run_id)["state"] == "created"
+
+
+def test_server_password_is_masked(env: Env) -> None:
+    url = "http://u:SrvPassword999@127.0.0.1:9"
+    result = env.run("--run-id", "r1", "--config", str(env.config()), "--server", url,
+                     extra={"FLYWHEEL_RUN_TOKEN": TOKEN, "FLYWHEEL_TIMING_FETCH_TRIES": "2"})
+    expect(result, 3, "http://***@127.0.0.1:9")
+    assert "SrvPassword999" not in result.stderr + result.stdout
+
+
+def test_doctor_masks_the_server_password(env: Env, backend: LocalBackend) -> None:
+    password = "DocTokBADbad999"
+    for url in (f"http://user:{password}@127.0.0.1:9", backend.url.replace("http://", f"http://user:{password}@")):
+        doctor = env.run("doctor", "--config", str(env.config()), "--server", url, "--run-id", "r1",
+                         extra={"FLYWHEEL_RUN_TOKEN": password}, timeout=60)
+        assert "Traceback" not in doctor.stderr
+        assert "✗ backend: http://***@127.0.0.1:9" in doctor.stdout or "✓ backend: http://***@" in doctor.stdout
+        assert password not in doctor.stdout + doctor.stderr, doctor.stdout
+
+
+# -- run tokens ----------------------------------------------------------------
+
+BAD_TOKENS = {
+    "euro sign": ("tok-123456€", "HTTP header"),
+    "only one ASCII": ("x€", "HTTP header"),
+    "DEL": ("tok-\x7f123456", "control"),
+    "C1 control": ("tok-\x85123456", "whitespace or control"),
+    "three characters": ("Qz9", "3 characters long"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+def test_token_problem(case: str) -> None:
+    token, fragment = BAD_TOKENS[case]
+    problem = token_problem(token)
+    assert problem and fragment in problem and token not in problem
+
+
+@pytest.mark.parametrize("token", ["tok-123456", "abcd", "tok-é12345"])
+def test_token_taken(token: str) -> None:
+    assert token_problem(token) is None
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+def test_bad_token_refused_before_any_request(env: Env, backend: LocalBackend, case: str) -> None:
+    token, fragment = BAD_TOKENS[case]
+    refused_before_any_request(env, backend, token=token, fragments=("run token", fragment))
+
+
+def test_doctor_names_a_bad_token(env: Env, backend: LocalBackend) -> None:
+    run_id, _ = backend.create_run()
+    doctor = env.run("doctor", "--config", str(env.config()), "--server", backend.url, "--run-id", run_id,
+                     extra={"FLYWHEEL_RUN_TOKEN": "x€"}, timeout=60)
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr
+    assert "✗ token:" in doctor.stdout and "HTTP header" in doctor.stdout, doctor.stdout
+    assert "x€" not in doctor.stdout
+
+
+# -- repo_context --------------------------------------------------------------
+
+def test_control_character_in_repo_url_skips_persistence(env: Env, backend: LocalBackend) -> None:
+    context = {"repo_url": f"file://{env.tmp}/re\x00po.git", "repo_owner": "o", "repo_name": "n",
+               "branch_name": "fw/x", "base_branch": "main"}
+    run_id, token = backend.create_run(prompt="Work.", repo_context=context, github_token="ght-12345")
+    result = env.run("--run-id", run_id, "--config", str(env.config()), "--server", backend.url,
+                     extra={"FLYWHEEL_RUN_TOKEN": token})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert backend.run(run_id)["state"] == "complete"
+    warnings = [e["message"] for e in backend.entries(run_id) if e["level"] == "warning"]
+    assert any(w.startswith("Code persistence skipped:") and "control character" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("url", ["https://h/x\x00y.git", "https://h/x\ny.git", "file:///tmp/a\rb"])
+def test_url_problem_names_control_characters(url: str) -> None:
+    assert url_problem(url) == "it contains a control character"
