@@ -214,7 +214,7 @@ def test_bad_server_everywhere(env: Env, backend: LocalBackend, case: str) -> No
     url, fragment = BAD_SERVERS[case]
     run_id, token = backend.create_run()
     config = str(env.config())
-    message = f"--server {url!r} is not a valid URL"
+    message = f"--server {url!r} is not a valid backend URL"
     single = env.run("--run-id", run_id, "--config", config, "--server", url, extra={"FLYWHEEL_RUN_TOKEN": token})
     expect(single, 2, message, fragment)
     many = env.run("--runs", "-", "--config", config, "--server", url, stdin=f"{run_id} {token}\n")

@@ -45,7 +45,7 @@ def validate_server_url(url: str) -> str:
 
 
 def _invalid(shown: str, why: str) -> ConfigError:
-    return ConfigError(f"--server {shown!r} is not a valid URL: {why}")
+    return ConfigError(f"--server {shown!r} is not a valid backend URL: {why}")
 
 
 def host_problem(parts: SplitResult) -> str | None:
