@@ -82,6 +82,13 @@ def check_config(path: Path | None) -> tuple[Check, CodexConfig | None]:
     return Check("config", OK, f"{cfg.path} is valid (sandbox {mode})"), cfg
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # FLYWHEEL_HOME too long, or with a NUL: check_state names it
+        return False
+
+
 def find_codex_quietly(env: Mapping[str, str], home: Path) -> CodexCommand | None:
     """The Codex a run would use, without downloading one."""
     if env.get("BOOTSTRAP_MOCK_CODEX"):
@@ -90,7 +97,7 @@ def find_codex_quietly(env: Mapping[str, str], home: Path) -> CodexCommand | Non
     if on_path:
         return CodexCommand((os.path.abspath(on_path),), "path")
     cached = installed_path(home)
-    if cached.is_file() and os.access(cached, os.X_OK):
+    if _is_file(cached) and os.access(cached, os.X_OK):
         return CodexCommand((str(cached),), "cache")
     return None
 
@@ -260,11 +267,19 @@ def check_containment(env: Mapping[str, str]) -> Check:
     return Check("containment", OK, said)
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_state(home: Path) -> Check:
     state = home / "state"
-    existing = state
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    try:
+        existing = _nearest_existing(state)
+    except (OSError, ValueError) as exc:  # a name over NAME_MAX, a NUL in FLYWHEEL_HOME
+        return Check("state folder", FAIL, f"{str(state)!r} cannot be used ({getattr(exc, 'strerror', None) or exc})",
+                     "set FLYWHEEL_HOME to a writable folder")
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         return Check("state folder", FAIL, f"{state} cannot be created or written ({existing} is not writable)",
                      "set FLYWHEEL_HOME to a writable folder")

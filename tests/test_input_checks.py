@@ -302,3 +302,11 @@ def test_control_character_in_repo_url_skips_persistence(env: Env, backend: Loca
 @pytest.mark.parametrize("url", ["https://h/x\x00y.git", "https://h/x\ny.git", "file:///tmp/a\rb"])
 def test_url_problem_names_control_characters(url: str) -> None:
     assert url_problem(url) == "it contains a control character"
+
+
+def test_doctor_with_a_flywheel_home_name_too_long(env: Env) -> None:
+    home = str(env.tmp / ("b" * 300))
+    doctor = env.run("doctor", "--config", str(env.config()), "--server", "http://127.0.0.1:9",
+                     extra={"FLYWHEEL_HOME": home, "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr
+    assert "✗ state folder:" in doctor.stdout and "File name too long" in doctor.stdout, doctor.stdout
