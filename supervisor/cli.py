@@ -13,11 +13,13 @@ from typing import Any
 import click
 
 from supervisor import __version__
-from supervisor.durations import DURATION
+from supervisor.durations import AGE, DURATION, HEARTBEAT_INTERVAL
 from supervisor.plain_output import stamp
 from supervisor.settings import RunSettings
 from workers.common.errors import EXIT_BACKEND, EXIT_OK, EXIT_RUN_ERROR, EXIT_SIGINT, EXIT_USAGE, BootstrapError
 from workers.common.files import flywheel_home
+from workers.common.redact import mask_url_userinfo
+from workers.common.server_url import validate_server_url
 from workers.common.timing import Timing
 
 DEFAULT_SERVER = "http://localhost:8000"
@@ -64,7 +66,7 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
     sweep_left_processes(prep.state_dir.parent, say)
     def retrying(why: str, attempt: int) -> None:
         if attempt == 2:  # once: the final failure names the last reason again
-            say(f"run {run_id}: the backend does not answer the task fetch ({why}); trying up to "
+            say(f"run {run_id}: the backend does not answer the task fetch ({mask_url_userinfo(why)}); trying up to "
                 f"{timing.fetch_tries} times")
 
     # From here on a signal is an event, not an exception: once the fetch has
@@ -190,7 +192,7 @@ def _mention_leftover_spool(state_dir: Path) -> None:
               "default from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a Slurm job array.")
 @click.option("--max-parallel", type=click.IntRange(min=1), help="At most N runs at a time.")
 @click.option("--gpus-per-run", type=click.IntRange(min=1), help="Give each run K GPUs (CUDA_VISIBLE_DEVICES).")
-@click.option("--heartbeat-interval", type=DURATION, envvar="FLYWHEEL_HEARTBEAT_INTERVAL",
+@click.option("--heartbeat-interval", type=HEARTBEAT_INTERVAL, envvar="FLYWHEEL_HEARTBEAT_INTERVAL",
               help="Time between heartbeats: 30s, 2m; bare = seconds [default: 30s] (env FLYWHEEL_HEARTBEAT_INTERVAL).")
 @click.option("--codex-timeout", type=DURATION, envvar="FLYWHEEL_CODEX_TIMEOUT",
               help="Stop Codex after this long (90m, 2h; bare = seconds) and report an error "
@@ -229,6 +231,9 @@ def cli(ctx: click.Context, run_id: str | None, token: str | None, config: Path 
             raise click.UsageError("--runs cannot be combined with --run-id/--token (put them in the runs file)")
         if follow:
             raise click.UsageError("--follow is for one run; with --runs, use `flywheel-bootstrap logs RUN_ID -f`")
+        # The runs' default backend: a malformed one must stop the pool before
+        # Codex is provisioned or any server is reached.
+        validate_server_url(server)
         if watch:
             if shard is not None:
                 raise click.UsageError("--shard shares one runs file; it does not apply to --watch")
@@ -367,7 +372,7 @@ def logs(ctx: click.Context, run_id: str, follow: bool, as_json: bool, while_std
 
 
 @cli.command()
-@click.option("--older-than", type=DURATION, default="7d", show_default=True,
+@click.option("--older-than", type=AGE, default="7d", show_default=True,
               help="Only runs whose state folder has not changed for this long (30m, 12h, 7d).")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 def prune(older_than: float, dry_run: bool) -> None:
@@ -439,7 +444,8 @@ def main(argv: list[str] | None = None) -> None:
         say("interrupted")
         code = EXIT_SIGINT
     except BootstrapError as exc:
-        say(f"error: {exc.message}")
+        # A --server URL's password must not reach a terminal or a log.
+        say(f"error: {mask_url_userinfo(exc.message)}")
         code = exc.exit_code
     sys.exit(code if isinstance(code, int) else 0)
 

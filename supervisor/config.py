@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,14 @@ NO_SANDBOX_MODE = "danger-full-access"
 
 INLINE_KEY = "workspace_instructions"
 FILE_KEY = "workspace_instructions_file"
+
+MiB = 1024 * 1024
+# A config and its instructions are a few KiB; the cap keeps /dev/zero or a
+# sparse multi-GB file from eating the host's memory before any message.
+CONFIG_MAX_BYTES = MiB
+INSTRUCTIONS_MAX_BYTES = MiB
+# Other callers (the runs file) get a looser bound: they may hold many runs.
+DEFAULT_MAX_BYTES = 64 * MiB
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ def load_config(path: Path) -> CodexConfig:
     - The instructions text is stripped of leading/trailing blank space.
     """
     path = _absolute(Path(path).expanduser())
-    raw = _parse(path, read_text_file(path, what="config file"))
+    raw = _parse(path, read_text_file(path, what="config file", limit=CONFIG_MAX_BYTES, regular_only=True))
     where = str(path)
     warnings: list[str] = []
 
@@ -133,18 +142,20 @@ def load_config(path: Path) -> CodexConfig:
 def _absolute(path: Path) -> Path:
     try:
         return path.resolve()
-    except (OSError, RuntimeError):  # a symlink loop: reading will say so
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL: reading will say so
         return path.absolute()
 
 
 # --- reading -----------------------------------------------------------------
 
 
-def read_text_file(path: Path, *, what: str, key: str | None = None) -> str:
-    """The UTF-8 text of ``path``, or a ConfigError saying why it can't be had."""
+def read_text_file(path: Path, *, what: str, key: str | None = None, limit: int = DEFAULT_MAX_BYTES,
+                   regular_only: bool = False) -> str:
+    """The UTF-8 text of ``path`` (at most ``limit`` bytes; with ``regular_only``,
+    only a regular file), or a ConfigError saying why it can't be had."""
     label = f"{what} {path}" if key is None else f"{what} {path} (from {key})"
     try:
-        data = path.read_bytes()
+        data = _read_bounded(path, label, limit, regular_only)
     except FileNotFoundError:
         raise ConfigError(f"{label} does not exist") from None
     except IsADirectoryError:
@@ -153,6 +164,8 @@ def read_text_file(path: Path, *, what: str, key: str | None = None) -> str:
         raise ConfigError(f"{label} cannot be read: permission denied") from None
     except OSError as exc:
         raise ConfigError(f"{label} cannot be read: {exc.strerror or exc}") from None
+    except ValueError:  # os.open refuses a NUL in the path
+        raise ConfigError(f"{what} path {str(path)!r} contains a NUL byte") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -163,9 +176,55 @@ def read_text_file(path: Path, *, what: str, key: str | None = None) -> str:
         ) from None
 
 
+def _read_bounded(path: Path, label: str, limit: int, regular_only: bool) -> bytes:
+    # O_NONBLOCK: opening a FIFO with no writer would wait forever; for a
+    # regular file the flag changes nothing.
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        if regular_only and not stat.S_ISREG(mode):
+            raise ConfigError(f"{label} is not a regular file ({_file_kind(mode)}); give a plain text file")
+        data = _read_up_to(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"{label} is larger than {_size(limit)}, the most bootstrap reads; "
+                          "is it the right file?")
+    return data
+
+
+def _read_up_to(fd: int, count: int) -> bytes:
+    chunks: list[bytes] = []
+    left = count
+    while left > 0:
+        chunk = os.read(fd, min(left, MiB))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def _size(count: int) -> str:
+    return f"{count // MiB} MiB" if count % MiB == 0 else f"{count} bytes"
+
+
 def _parse(path: Path, text: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply to read") from None
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message carries "(at line N, column M)"; surface the line first.
         msg = str(exc)
@@ -217,9 +276,11 @@ def _instructions(path: Path, flywheel: dict[str, Any], warnings: list[str]) -> 
                 f"{path}: both [flywheel] {INLINE_KEY} and {FILE_KEY} are set; "
                 "the file wins, inline value ignored"
             )
+        _no_nul(path, f"[flywheel] {FILE_KEY}", file_value)
         file_path = _relative_to(path, file_value)
         text = read_text_file(
-            file_path, what="instructions file", key=f"[flywheel] {FILE_KEY} in {path}"
+            file_path, what="instructions file", key=f"[flywheel] {FILE_KEY} in {path}",
+            limit=INSTRUCTIONS_MAX_BYTES, regular_only=True,
         )
         if not text.strip():
             raise ConfigError(
@@ -242,6 +303,8 @@ def _workspace_template(path: Path, raw: dict[str, Any], warnings: list[str]) ->
     for key, value in (("cd", cd), ("workspace_dir", workspace_dir)):
         if value is not None and not value.strip():
             raise ConfigError(f"{path}: {key} is empty; give a folder or remove the key")
+        if value is not None:
+            _no_nul(path, key, value)
     if cd is not None and workspace_dir is not None and cd != workspace_dir:
         warnings.append(
             f"{path}: both cd ({cd!r}) and workspace_dir ({workspace_dir!r}) are set; "
@@ -293,8 +356,15 @@ def _writable_roots(path: Path, raw: dict[str, Any]) -> tuple[Path, ...]:
             )
         if not root.strip():
             raise ConfigError(f"{path}: {label} item {i + 1} is empty; give a folder path")
+        _no_nul(path, f"{label} item {i + 1}", root)
         resolved.append(_relative_to(path, root))
     return tuple(resolved)
+
+
+def _no_nul(path: Path, label: str, value: str) -> None:
+    # No file name can hold one; the OS would refuse it later with a ValueError.
+    if "\x00" in value:
+        raise ConfigError(f"{path}: {label} contains a NUL byte (\\u0000); no path can hold one")
 
 
 def _relative_to(config_path: Path, value: str) -> Path:

@@ -23,9 +23,11 @@ import requests
 from supervisor import mock_agent
 from supervisor.config import NO_SANDBOX_MODE, CodexConfig, load_config
 from supervisor.pool import gpus as gpu_discovery
+from supervisor.preflight import token_problem
 from supervisor.provision import CODEX_VERSION, CodexCommand, installed_path, kept_checksum, login_ok
 from workers.common import net_trouble
 from workers.common.errors import BootstrapError
+from workers.common.redact import mask_url_userinfo
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
 MARKS = {OK: "✓", FAIL: "✗", SKIP: "–"}
@@ -80,6 +82,13 @@ def check_config(path: Path | None) -> tuple[Check, CodexConfig | None]:
     return Check("config", OK, f"{cfg.path} is valid (sandbox {mode})"), cfg
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # FLYWHEEL_HOME too long, or with a NUL: check_state names it
+        return False
+
+
 def find_codex_quietly(env: Mapping[str, str], home: Path) -> CodexCommand | None:
     """The Codex a run would use, without downloading one."""
     if env.get("BOOTSTRAP_MOCK_CODEX"):
@@ -88,7 +97,7 @@ def find_codex_quietly(env: Mapping[str, str], home: Path) -> CodexCommand | Non
     if on_path:
         return CodexCommand((os.path.abspath(on_path),), "path")
     cached = installed_path(home)
-    if cached.is_file() and os.access(cached, os.X_OK):
+    if _is_file(cached) and os.access(cached, os.X_OK):
         return CodexCommand((str(cached),), "cache")
     return None
 
@@ -156,8 +165,11 @@ _NO_WRITABLE_ROOTS = (
 
 
 def _probe_target(server: str) -> tuple[str, int]:
-    parts = urlsplit(server)
-    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        parts = urlsplit(server)
+        return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # the backend check names what is wrong with the URL
+        return "127.0.0.1", 80
 
 
 def check_sandbox(codex: CodexCommand | None, cfg: CodexConfig | None, env: Mapping[str, str], server: str,
@@ -255,11 +267,19 @@ def check_containment(env: Mapping[str, str]) -> Check:
     return Check("containment", OK, said)
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_state(home: Path) -> Check:
     state = home / "state"
-    existing = state
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    try:
+        existing = _nearest_existing(state)
+    except (OSError, ValueError) as exc:  # a name over NAME_MAX, a NUL in FLYWHEEL_HOME
+        return Check("state folder", FAIL, f"{str(state)!r} cannot be used ({getattr(exc, 'strerror', None) or exc})",
+                     "set FLYWHEEL_HOME to a writable folder")
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         return Check("state folder", FAIL, f"{state} cannot be created or written ({existing} is not writable)",
                      "set FLYWHEEL_HOME to a writable folder")
@@ -285,22 +305,32 @@ def check_backend(server: str, run_id: str | None, token: str | None) -> list[Ch
     except BootstrapError as exc:
         return [Check("backend", FAIL, exc.message, "pass a URL like https://flywheel.example.com"),
                 Check("token", SKIP, "needs a valid --server")]
+    # The URL's password must not be printed (it may even be the run token).
+    shown = mask_url_userinfo(base)
+    bad_token = token_problem(token) if token and run_id else None
     url = f"{base}/runs/{run_id}/control/poll" if run_id else f"{base}/"
     session = requests.Session()
     session.trust_env = False  # as the runs do: a proxy variable must not reroute the check
     headers = {"Accept": "application/json"}
-    if token and run_id:
+    if token and run_id and bad_token is None:
         headers["X-Run-Token"] = token
     try:
         answer = session.get(url, headers=headers, timeout=_TIMEOUT, allow_redirects=False)
     except requests.RequestException as exc:
         kind = net_trouble.kind_of(exc)
-        return [Check("backend", FAIL, f"{base}: {net_trouble.describe(exc, base)}", net_trouble.FIXES[kind]),
-                Check("token", SKIP, "needs the backend")]
+        detail = mask_url_userinfo(f"{base}: {net_trouble.describe(exc, base)}")
+        return [Check("backend", FAIL, detail, net_trouble.FIXES[kind]),
+                _bad_token_check(bad_token) if bad_token else Check("token", SKIP, "needs the backend")]
     finally:
         session.close()
-    reachable = Check("backend", OK, f"{base} answers (HTTP {answer.status_code})")
+    reachable = Check("backend", OK, f"{shown} answers (HTTP {answer.status_code})")
+    if bad_token:
+        return [reachable, _bad_token_check(bad_token)]
     return [reachable, token_check(answer.status_code, run_id, token)]
+
+
+def _bad_token_check(problem: str) -> Check:
+    return Check("token", FAIL, problem, "set FLYWHEEL_RUN_TOKEN to the run's token as the backend gave it")
 
 
 def token_check(status: int, run_id: str | None, token: str | None) -> Check:

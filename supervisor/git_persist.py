@@ -146,6 +146,9 @@ def url_problem(url: str) -> str | None:
     https anywhere; http only on this machine (a token must not travel in clear);
     file URLs for local repositories.
     """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        # A NUL cannot go in git's argv at all; CR/LF would split its config.
+        return "it contains a control character"
     try:
         parts = urlsplit(url)
         host = parts.hostname

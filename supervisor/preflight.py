@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from supervisor.workspace import (
 )
 from workers.artifacts import blob_threshold_from_env
 from workers.common.errors import ConfigError
+from workers.common.redact import MIN_SECRET_LEN
 from workers.common.server_url import validate_server_url
 
 LOGIN_HELP = (
@@ -56,10 +58,27 @@ class Prepared:
 
 
 def check_token(token: str) -> None:
+    """ConfigError naming what is wrong with the run token, never showing it."""
+    problem = token_problem(token)
+    if problem:
+        raise ConfigError(problem)
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot be a run token (without showing it), or None."""
     if not token or not token.strip():
-        raise ConfigError("the run token is empty: pass --token or set FLYWHEEL_RUN_TOKEN")
-    if any(ch.isspace() or ord(ch) < 32 for ch in token):
-        raise ConfigError("the run token contains whitespace or control characters; copy it again")
+        return "the run token is empty: pass --token or set FLYWHEEL_RUN_TOKEN"
+    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in token):
+        return "the run token contains whitespace or control characters; copy it again"
+    bad = next((i for i, ch in enumerate(token) if ord(ch) > 0xFF), None)
+    if bad is not None:
+        # http.client sends headers as Latin-1; anything else dies inside it.
+        return (f"the run token has a character that cannot go in an HTTP header (character {bad + 1} is "
+                "not Latin-1); copy it again")
+    if len(token) < MIN_SECRET_LEN:
+        return (f"the run token is {len(token)} characters long; bootstrap masks only secrets of "
+                f"{MIN_SECRET_LEN} or more in what it ships, so it refuses a shorter token; copy it again")
+    return None
 
 
 def bundled_bwrap(binary: Path) -> Path | None:

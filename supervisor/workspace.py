@@ -49,16 +49,10 @@ def resolve_workspace(cfg: CodexConfig, run_id: str, home: Path) -> Path:
 def prepare_workspace(path: Path) -> None:
     """Create the workspace (parents too) and prove it is writable by creating
     and deleting a file in it; ConfigError otherwise."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"workspace {path} exists but is not a folder; set cd to a folder")
     try:
-        if not path.exists():
-            # Others must not read the prompt or a cloned private repo; a
-            # folder the user made keeps the mode they gave it.
-            path.mkdir(parents=True, mode=0o700)
-            os.chmod(path, 0o700)
-    except FileExistsError:
-        pass
+        _create_workspace(path)
+    except ValueError:  # a NUL the config check did not see (an env var, a run id)
+        raise ConfigError(f"workspace path {str(path)!r} contains a NUL byte") from None
     except OSError as exc:
         raise ConfigError(
             f"workspace {path} cannot be created: {exc.strerror or exc}; "
@@ -76,6 +70,21 @@ def prepare_workspace(path: Path) -> None:
         ) from None
 
 
+def _create_workspace(path: Path) -> None:
+    # exists() raises for a name over NAME_MAX (ENAMETOOLONG): it is inside the
+    # caller's try on purpose.
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"workspace {path} exists but is not a folder; set cd to a folder")
+    try:
+        if not path.exists():
+            # Others must not read the prompt or a cloned private repo; a
+            # folder the user made keeps the mode they gave it.
+            path.mkdir(parents=True, mode=0o700)
+            os.chmod(path, 0o700)
+    except FileExistsError:
+        pass
+
+
 def check_manifest_in_roots(workspace: Path, cfg: CodexConfig) -> None:
     """When Codex is sandboxed and ``writable_roots`` are given, the manifest
     must lie inside one of them (compared after resolving symlinks); missing
@@ -83,18 +92,7 @@ def check_manifest_in_roots(workspace: Path, cfg: CodexConfig) -> None:
     if not cfg.sandboxed or not cfg.writable_roots:
         return
     for root in cfg.writable_roots:
-        if root.exists() and not root.is_dir():
-            raise ConfigError(
-                f"{cfg.path}: [sandbox_workspace_write] writable_roots entry {root} "
-                "exists but is not a folder"
-            )
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"{cfg.path}: [sandbox_workspace_write] writable_roots entry {root} "
-                f"cannot be created: {exc.strerror or exc}"
-            ) from None
+        _prepare_root(cfg, root)
     manifest = (workspace / MANIFEST_NAME).resolve()
     for root in cfg.writable_roots:
         if manifest.is_relative_to(root.resolve()):
@@ -105,6 +103,18 @@ def check_manifest_in_roots(workspace: Path, cfg: CodexConfig) -> None:
         f"[sandbox_workspace_write] writable_roots ({roots}), so sandboxed Codex could not "
         "write it; add the workspace folder to writable_roots or set cd inside one of them"
     )
+
+
+def _prepare_root(cfg: CodexConfig, root: Path) -> None:
+    label = f"{cfg.path}: [sandbox_workspace_write] writable_roots entry"
+    try:
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"{label} {root} exists but is not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+    except ValueError:
+        raise ConfigError(f"{label} {str(root)!r} contains a NUL byte") from None
+    except OSError as exc:
+        raise ConfigError(f"{label} {root} cannot be created: {exc.strerror or exc}") from None
 
 
 def prepare_state_dir(home: Path, run_id: str) -> Path:

@@ -91,7 +91,7 @@ def test_a_restart_does_not_report_an_outage_an_earlier_start_recorded(env: Env,
 def test_fetch_failure_is_said_at_once_and_named(env: Env, backend: LocalBackend) -> None:
     url = closed_port_url()
     done = env.run("--run-id", "r1", "--config", str(env.config()), "--server", url,
-                   extra={"FLYWHEEL_RUN_TOKEN": "tok", "FLYWHEEL_TIMING_FETCH_TRIES": "3"})
+                   extra={"FLYWHEEL_RUN_TOKEN": "tok-1", "FLYWHEEL_TIMING_FETCH_TRIES": "3"})
     assert done.returncode == 3
     lines = done.stderr.splitlines()
     assert any("does not answer the task fetch (connection refused" in line for line in lines), done.stderr

@@ -21,7 +21,9 @@ TMP_FOLDER = ".tmp"
 def flywheel_home(env: Mapping[str, str] | None = None) -> Path:
     """Bootstrap's own home: FLYWHEEL_HOME of `env` (default os.environ), else ~/.flywheel."""
     env = os.environ if env is None else env
-    return Path(env.get("FLYWHEEL_HOME") or "~/.flywheel").expanduser()
+    # Absolute at once: Codex runs with --cd <workspace>, so a relative
+    # CODEX_HOME under it would name another folder (or none).
+    return Path(os.path.abspath(Path(env.get("FLYWHEEL_HOME") or "~/.flywheel").expanduser()))
 
 
 def open_private(path: Path, flags: int) -> int:
