@@ -81,13 +81,14 @@ def test_every_bad_line_is_reported_with_its_number() -> None:
         "r9 tok-9 config=a.toml config=b.toml\n"  # 9: key twice
         '{"run_id": "r10", "token": "tok 10"}\n'  # 10: whitespace in a token
         '["r11", "t11"]\n'                        # a text line with an odd id: fine
+        "r12 tok-12 server=http://[::1\n"         # 12: a server --server would refuse
     )
     with pytest.raises(ConfigError) as caught:
         parse(text)
     message = caught.value.message
     lines = message.splitlines()
-    assert "9 bad lines in runs.txt; no run was started" in lines[0]
-    assert len(lines) == 10
+    assert "10 bad lines in runs.txt; no run was started" in lines[0]
+    assert len(lines) == 11
     for number, needle in [
         (2, "has no token"),
         (3, "duplicate run id 'r1' (first on line 1)"),
@@ -98,6 +99,7 @@ def test_every_bad_line_is_reported_with_its_number() -> None:
         (8, "is not an http:// or https:// URL"),
         (9, "config= given twice"),
         (10, "token contains whitespace"),
+        (12, "'http://[::1' is not a valid backend URL"),
     ]:
         assert any(line.startswith(f"runs.txt:{number}: ") and needle in line for line in lines), (
             number,

@@ -31,6 +31,7 @@ from typing import TextIO
 
 from supervisor.preflight import check_token
 from workers.common.errors import ConfigError
+from workers.common.server_url import validate_server_url
 
 # Far above any real batch (a line is ~100 bytes), far below what hurts a host.
 MAX_BYTES = 16 * 1024 * 1024
@@ -312,6 +313,10 @@ def _build_spec(
     if not isinstance(server_value, str) or not server_value.startswith(("http://", "https://")):
         shown = server_value if isinstance(server_value, str) else type(server_value).__name__
         raise _BadLine(f"run {run_id!r}: server {shown!r} is not an http:// or https:// URL")
+    try:
+        server_value = validate_server_url(server_value)
+    except ConfigError as exc:  # the rule of --server, said for this line
+        raise _BadLine(f"run {run_id!r}: {exc.message.removeprefix('--server ')}") from None
 
     gpus = _gpus(fields.get("gpus"), run_id) if "gpus" in fields else None
     return RunSpec(
