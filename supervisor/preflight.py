@@ -22,6 +22,7 @@ from supervisor.pool import gpus as gpu_discovery
 from supervisor.provision import CodexCommand, LoginCheck, find_codex, terminal_progress
 from supervisor.settings import RunSettings
 from supervisor.workspace import (
+    check_apart,
     check_manifest_in_roots,
     prepare_state_dir,
     prepare_workspace,
@@ -127,6 +128,7 @@ def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str],
     notes = list(cfg.warnings)
     sandbox = tuple(sandbox_args(cfg.sandbox_mode))
     workspace = resolve_workspace(cfg, settings.run_id, settings.home)
+    check_apart(workspace, settings.home)
     prepare_workspace(workspace)
     check_manifest_in_roots(workspace, cfg)
     state_dir = prepare_state_dir(settings.home, settings.run_id)

@@ -46,6 +46,20 @@ def resolve_workspace(cfg: CodexConfig, run_id: str, home: Path) -> Path:
     return p
 
 
+def check_apart(workspace: Path, home: Path) -> None:
+    """The state folders stay out of Codex's reach (SPEC 4): they hold the
+    spool, the run's CODEX_HOME and the git credentials, which its sandboxed
+    commands must neither read nor change, and nothing of them is committed."""
+    state_root = Path(os.path.realpath(home / "state"))
+    real = Path(os.path.realpath(workspace))
+    if real == state_root or state_root in real.parents:
+        raise ConfigError(f"workspace {workspace} is inside bootstrap's state folders ({state_root}); "
+                          "set workspace_dir (or cd) to a folder outside FLYWHEEL_HOME/state")
+    if real in state_root.parents:
+        raise ConfigError(f"workspace {workspace} holds bootstrap's state folders ({state_root}), which Codex's "
+                          "commands must not reach; set workspace_dir (or cd) elsewhere, or FLYWHEEL_HOME outside it")
+
+
 def prepare_workspace(path: Path) -> None:
     """Create the workspace (parents too) and prove it is writable by creating
     and deleting a file in it; ConfigError otherwise."""

@@ -310,3 +310,29 @@ def test_doctor_with_a_flywheel_home_name_too_long(env: Env) -> None:
                      extra={"FLYWHEEL_HOME": home, "PATH": "/usr/bin:/bin"}, timeout=60)
     assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr
     assert "✗ state folder:" in doctor.stdout and "File name too long" in doctor.stdout, doctor.stdout
+
+
+# -- the workspace and the state folders ----------------------------------------
+
+@pytest.mark.parametrize(("where", "fragment"), [
+    ("{home}/state/<run_id>", "is inside bootstrap's state folders"),
+    ("{home}/state", "is inside bootstrap's state folders"),
+    ("{home}", "holds bootstrap's state folders"),
+])
+def test_a_workspace_that_meets_the_state_folders_is_refused(env: Env, backend: LocalBackend, where: str,
+                                                            fragment: str) -> None:
+    # Codex's sandboxed commands could read the run's spool, CODEX_HOME and git
+    # credentials, and the code persistence would commit them.
+    config = f'workspace_dir = "{where.format(home=env.home)}"\n' + OK_FLYWHEEL
+    refused_before_any_request(env, backend, config=config, fragments=(fragment, "outside"
+                               if "inside" in fragment else "elsewhere"))
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-1", "abc"])
+def test_a_timing_variable_must_be_a_finite_number(raw: str) -> None:
+    from workers.common.timing import Timing
+
+    with pytest.raises(ConfigError) as caught:
+        Timing.from_env({"FLYWHEEL_TIMING_HEARTBEAT_INTERVAL": raw})
+    assert f"FLYWHEEL_TIMING_HEARTBEAT_INTERVAL={raw!r}" in caught.value.message
+    assert Timing.from_env({"FLYWHEEL_TIMING_HEARTBEAT_INTERVAL": "0.5"}).heartbeat_interval == 0.5

@@ -3,6 +3,7 @@ command line and the environment."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,8 +57,11 @@ class Timing:
             raw = env.get(variable)
             if raw:
                 try:
-                    values[name] = int(raw) if name in _COUNTS else float(raw)
+                    value = int(raw) if name in _COUNTS else float(raw)
                 except ValueError:
                     raise ConfigError(f"{variable}={raw!r} is not a number; fix or unset it") from None
+                if not math.isfinite(value) or value < 0:
+                    raise ConfigError(f"{variable}={raw!r} is not a finite number of 0 or more; fix or unset it")
+                values[name] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
