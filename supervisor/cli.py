@@ -56,13 +56,15 @@ def run_single(run_id: str, token: str, config: Path, server: str, timing: Timin
         run_id=run_id, token=token, config_path=config, server=server, timing=timing,
         home=flywheel_home(), mock=bool(os.environ.get("BOOTSTRAP_MOCK_CODEX")),
     )
-    prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"), meanwhile=_import_before_the_fetch)
     from supervisor.run_lock import hold_run
+
+    # Held until this run's last process ends.
+    prep = prepare(settings, os.environ, lambda line: say(f"warning: {line}"), meanwhile=_import_before_the_fetch,
+                   hold=lambda state_dir: hold_run(state_dir, run_id, timing.run_lock_wait, say))
     from supervisor.signals import Aborted, Interrupts
     from workers.common.backend_client import Backend, MalformedPayload
     from workers.run_processes import begin_run, sweep_left_processes
 
-    hold_run(prep.state_dir, run_id, timing.run_lock_wait, say)  # held until this run's last process ends
     sweep_left_processes(prep.state_dir.parent, say)
     def retrying(why: str, attempt: int) -> None:
         if attempt == 2:  # once: the final failure names the last reason again

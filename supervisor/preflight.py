@@ -118,9 +118,13 @@ def gpu_sandbox_warning(gpus: Sequence[str], mode: str | None) -> str | None:
 
 
 def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str], None],
-            meanwhile: Callable[[], object] = lambda: None) -> Prepared:
+            meanwhile: Callable[[], object] = lambda: None,
+            hold: Callable[[Path], object] = lambda state_dir: None) -> Prepared:
     """Every local check, in order; `meanwhile` is the caller's own start-up
-    work (its imports), done while `codex login status` runs."""
+    work (its imports), done while `codex login status` runs. `hold(state_dir)`
+    claims the run on this machine (supervisor.run_lock) before anything of a
+    run that may already be running here is touched: its workspace, its
+    CODEX_HOME."""
     validate_run_id(settings.run_id)
     server = validate_server_url(settings.server)
     check_token(settings.token)
@@ -129,9 +133,10 @@ def prepare(settings: RunSettings, env: Mapping[str, str], warn: Callable[[str],
     sandbox = tuple(sandbox_args(cfg.sandbox_mode))
     workspace = resolve_workspace(cfg, settings.run_id, settings.home)
     check_apart(workspace, settings.home)
+    state_dir = prepare_state_dir(settings.home, settings.run_id)
+    hold(state_dir)
     prepare_workspace(workspace)
     check_manifest_in_roots(workspace, cfg)
-    state_dir = prepare_state_dir(settings.home, settings.run_id)
     codex_home = prepare_codex_home(state_dir, cfg, env)
     blob_threshold = blob_threshold_from_env(env)
     git_max_file_bytes = max_commit_file_bytes(env)

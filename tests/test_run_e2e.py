@@ -270,10 +270,15 @@ def test_a_second_start_of_a_running_run_on_this_host_is_refused(
                       extra={"FLYWHEEL_RUN_TOKEN": token, "FAKE_CODEX_MODE": "gate", "FAKE_CODEX_GATE": str(gate)})
     try:
         wait_until(lambda: (env.state(run_id) / "codex.out").exists(), 60, "the first start's codex")
-        second = bootstrap(env, backend, run_id, token, config, FLYWHEEL_TIMING_RUN_LOCK_WAIT="0.5")
+        codex_config = env.state(run_id) / "codex_home" / "config.toml"
+        before = codex_config.read_bytes()
+        other = env.config('model = "SECOND-START-MODEL"\n[flywheel]\nworkspace_instructions = "x"\n',
+                           name="second.toml")
+        second = bootstrap(env, backend, run_id, token, other, FLYWHEEL_TIMING_RUN_LOCK_WAIT="0.5")
         assert second.returncode == 2, second.stderr
         assert "already being run by another bootstrap on this machine" in second.stderr
         assert "Traceback" not in second.stderr
+        assert codex_config.read_bytes() == before, "the running run's CODEX_HOME was rewritten"
     finally:
         gate.touch()
         code, err = finish(first)
