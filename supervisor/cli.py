@@ -16,7 +16,14 @@ from supervisor import __version__
 from supervisor.durations import AGE, DURATION, HEARTBEAT_INTERVAL
 from supervisor.plain_output import stamp
 from supervisor.settings import RunSettings
-from workers.common.errors import EXIT_BACKEND, EXIT_OK, EXIT_RUN_ERROR, EXIT_SIGINT, EXIT_USAGE, BootstrapError
+from workers.common.errors import (
+    EXIT_OK,
+    EXIT_RUN_ERROR,
+    EXIT_SIGINT,
+    EXIT_UNREPORTED,
+    EXIT_USAGE,
+    BootstrapError,
+)
 from workers.common.files import flywheel_home
 from workers.common.redact import mask_url_userinfo
 from workers.common.server_url import validate_server_url
@@ -147,8 +154,9 @@ def _report_malformed_payload(server: str, run_id: str, token: str, timing: Timi
                               keep_trying=lambda: time.monotonic() < give_up)
     if answer.ok:
         return EXIT_RUN_ERROR
-    say(f"error: run {run_id}: could not report it either (HTTP {answer.status or 'no answer'})")
-    return EXIT_BACKEND
+    say(f"error: run {run_id}: could not report it either (HTTP {answer.status or 'no answer'}); exit "
+        f"{EXIT_UNREPORTED} asks whoever started bootstrap to report the run")
+    return EXIT_UNREPORTED
 
 
 def _start_follower(run_id: str) -> subprocess.Popen[bytes] | None:

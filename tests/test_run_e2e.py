@@ -389,6 +389,38 @@ def test_a_200_answer_that_is_no_payload_still_gets_the_runs_error_report(env: E
     assert "not a bootstrap payload" in report["reason"]
 
 
+def test_a_no_payload_run_whose_report_fails_too_asks_its_starter_to_report_it(env: Env) -> None:
+    # Exit 70 is what the --runs pool reports a run for; the password of
+    # --server is in neither the message nor the report.
+    posted: list[bytes] = []
+
+    class Answers(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._answer(200, b"not json")
+
+        def do_POST(self) -> None:
+            posted.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self._answer(500, b"{}")
+
+        def _answer(self, status: int, data: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving(Answers) as url:
+        result = env.run("--run-id", "r1", "--config", str(env.config()), "--server",
+                         url.replace("http://", "http://alice:hunter2pw@"),
+                         extra={"FLYWHEEL_RUN_TOKEN": "tok-secret-123", "FLYWHEEL_TIMING_FLUSH_TIMEOUT": "1"})
+    assert result.returncode == 70, result.stderr
+    assert "could not report it either (HTTP 500)" in result.stderr
+    assert posted and not any(b"hunter2pw" in body for body in posted)
+    assert "hunter2pw" not in result.stderr
+
+
 def test_valid_json_that_orjson_refuses_is_a_payload() -> None:
     from workers.common.backend_client import parse_payload
 

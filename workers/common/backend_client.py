@@ -20,6 +20,7 @@ from workers.common.backoff import backoff_delay
 from workers.common.errors import BackendUnavailable
 from workers.common.lean_http import LeanPoster, Meanwhile, MeanwhileFailed, TransportError
 from workers.common.net_trouble import describe
+from workers.common.redact import mask_url_userinfo
 from workers.common.timing import Timing
 
 RETRYABLE_STATUS = frozenset({429}) | frozenset(range(500, 600))
@@ -200,8 +201,9 @@ class Backend:
             try:
                 return parse_payload(r.content)
             except ValueError as exc:
-                raise MalformedPayload(
-                    f"the backend's answer from {self.base}/bootstrap is not a bootstrap payload ({exc})") from None
+                # Reported to the backend as well as printed: no password of --server in it.
+                raise MalformedPayload(f"the backend's answer from {mask_url_userinfo(self.base)}/bootstrap "
+                                       f"is not a bootstrap payload ({exc})") from None
         raise BackendUnavailable(
             f"could not fetch the run from {self.base}/bootstrap after {self.timing.fetch_tries} tries "
             f"(last: {last}); is the backend up and --server right?"
