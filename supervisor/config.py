@@ -35,8 +35,6 @@ MiB = 1024 * 1024
 # sparse multi-GB file from eating the host's memory before any message.
 CONFIG_MAX_BYTES = MiB
 INSTRUCTIONS_MAX_BYTES = MiB
-# Other callers (the runs file) get a looser bound: they may hold many runs.
-DEFAULT_MAX_BYTES = 64 * MiB
 
 
 @dataclass(frozen=True)
@@ -149,13 +147,14 @@ def _absolute(path: Path) -> Path:
 # --- reading -----------------------------------------------------------------
 
 
-def read_text_file(path: Path, *, what: str, key: str | None = None, limit: int = DEFAULT_MAX_BYTES,
-                   regular_only: bool = False) -> str:
+def read_text_file(path: Path, *, what: str, limit: int, key: str | None = None, regular_only: bool = False,
+                   instead: str = "give a plain text file") -> str:
     """The UTF-8 text of ``path`` (at most ``limit`` bytes; with ``regular_only``,
-    only a regular file), or a ConfigError saying why it can't be had."""
+    only a regular file, else ``instead`` says what to do), or a ConfigError
+    saying why it can't be had."""
     label = f"{what} {path}" if key is None else f"{what} {path} (from {key})"
     try:
-        data = _read_bounded(path, label, limit, regular_only)
+        data = _read_bounded(path, label, limit, regular_only, instead)
     except FileNotFoundError:
         raise ConfigError(f"{label} does not exist") from None
     except IsADirectoryError:
@@ -176,7 +175,7 @@ def read_text_file(path: Path, *, what: str, key: str | None = None, limit: int 
         ) from None
 
 
-def _read_bounded(path: Path, label: str, limit: int, regular_only: bool) -> bytes:
+def _read_bounded(path: Path, label: str, limit: int, regular_only: bool, instead: str) -> bytes:
     # O_NONBLOCK: opening a FIFO with no writer would wait forever; for a
     # regular file the flag changes nothing.
     flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
@@ -186,7 +185,7 @@ def _read_bounded(path: Path, label: str, limit: int, regular_only: bool) -> byt
         if stat.S_ISDIR(mode):
             raise IsADirectoryError
         if regular_only and not stat.S_ISREG(mode):
-            raise ConfigError(f"{label} is not a regular file ({_file_kind(mode)}); give a plain text file")
+            raise ConfigError(f"{label} is not a regular file ({_file_kind(mode)}); {instead}")
         data = _read_up_to(fd, limit + 1)
     finally:
         os.close(fd)

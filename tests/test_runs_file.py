@@ -242,7 +242,7 @@ def test_runs_files_that_are_not_regular_files_or_too_big(env: Any) -> None:
     with big.open("wb") as handle:
         handle.truncate(MAX_BYTES + 1)
     for path, needle in [("/dev/zero", "a character device"), (str(fifo), "a FIFO"),
-                         (str(big), "more than 16 MiB")]:
+                         (str(big), "larger than 16 MiB")]:
         # The bound on the wait is the test's own: before, the FIFO hung and /dev/zero filled memory.
         result = env.run("--runs", path, "--config", str(env.config()), timeout=60)
         assert result.returncode == 2 and "Traceback" not in result.stderr, (path, result.stderr)

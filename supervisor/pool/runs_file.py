@@ -23,12 +23,12 @@ runaway generator would fill memory.
 from __future__ import annotations
 
 import json
-import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from supervisor.config import read_text_file
 from supervisor.preflight import check_token
 from workers.common.errors import ConfigError
 from workers.common.server_url import validate_server_url
@@ -144,68 +144,10 @@ def _read_stdin(stdin: TextIO | None) -> str:
 
 def _read_file(path: Path) -> tuple[str, int]:
     """The UTF-8 text of a regular runs file and its mode; a ConfigError saying
-    why it cannot be had. Opened without blocking, so a FIFO is refused, not waited on."""
-    label = f"runs file {path}"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ConfigError(f"{label} does not exist") from None
-    except PermissionError:
-        raise ConfigError(f"{label} cannot be read: permission denied") from None
-    except OSError as exc:
-        raise ConfigError(f"{label} cannot be read: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            raise ConfigError(f"{label} is a folder, not a file")
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"{label} is {_kind(mode)}, not a regular file; "
-                              "to read runs from a pipe, use --runs - (standard input)")
-        if st.st_size > MAX_BYTES:
-            raise _too_big(label)
-        data = _read_capped(fd, label)
-    except OSError as exc:
-        raise ConfigError(f"{label} cannot be read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    return _decode(data, label), mode
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a special file"
-
-
-def _read_capped(fd: int, label: str) -> bytes:
-    # Bounded even when the file grows while it is read.
-    chunks: list[bytes] = []
-    total = 0
-    while total <= MAX_BYTES:
-        chunk = os.read(fd, MAX_BYTES + 1 - total)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        total += len(chunk)
-    raise _too_big(label)
-
-
-def _decode(data: bytes, label: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(
-            f"{label} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} on line {line}); "
-            "save it as UTF-8"
-        ) from None
+    why it cannot be had (a FIFO is refused, not waited on)."""
+    text = read_text_file(path, what="runs file", limit=MAX_BYTES, regular_only=True,
+                          instead="to read runs from a pipe, use --runs - (standard input)")
+    return text, path.stat().st_mode
 
 
 def permission_warning(path: Path, mode: int) -> str | None:
@@ -285,17 +227,12 @@ def _build_spec(
     if not isinstance(token, str):
         raise _BadLine(f"run {run_id!r}: token must be a string")
     # The rules of --token: the token goes into the supervisor's environment
-    # and an HTTP header, where NUL or a lone surrogate fail. The header's
-    # Latin-1 is checked here too, so a bad line never reaches the launcher
-    # whatever check_token covers.
+    # and an HTTP header, where a NUL, a lone surrogate or a character outside
+    # Latin-1 would fail only once the run is launched.
     try:
         check_token(token)
-        token.encode("latin-1")
     except ConfigError as exc:
         raise _BadLine(f"run {run_id!r}: {exc.message}") from None
-    except UnicodeEncodeError:
-        raise _BadLine(f"run {run_id!r}: the run token contains characters an HTTP header "
-                       "cannot carry (outside Latin-1); copy it again") from None
 
     config_value = fields.get("config")
     if config_value is None:
