@@ -173,8 +173,9 @@ def test_a_signal_ends_bootstrap_within_one_flush_bound_when_the_backend_hangs(
         took, code, err = signalled_until_exit(proc, signals)
         assert code == 128 + signals[0], err
         # Before, the control worker's join, the drain, the heartbeat's stop and
-        # the workers' stop each had a bound of their own: about 13 s here.
-        assert took < FLUSH + KILL_GRACE + 2, f"{took:.1f} s after the signal:\n{err}"
+        # the workers' stop each had a bound of their own: about 13 s here. The
+        # bound is halfway, so a slow machine's exit and reaping do not trip it.
+        assert took < FLUSH + KILL_GRACE + 3.5, f"{took:.1f} s after the signal:\n{err}"
         assert "the run was not reported" in err and "Traceback" not in err
         wait_until(lambda: not any(alive(p) for p in pids), 10, "the run's processes and the workers to end")
     finally:
@@ -202,8 +203,9 @@ def test_sigterm_while_the_artifact_post_hangs_still_reports_within_the_flush_bo
         end_leftovers(proc, [])
     assert code == 143, err
     # Codex has ended: no kill grace. Before, the wait for the artifacts had
-    # the whole flush bound and the watcher's stop 5 s more: about 8 s here.
-    assert took < FLUSH + 2, f"{took:.1f} s after the signal:\n{err}"
+    # the whole flush bound and the watcher's stop 5 s more: about 8 s here
+    # (the bound is halfway).
+    assert took < FLUSH + 2.5, f"{took:.1f} s after the signal:\n{err}"
     run = backend.run(run_id)
     assert run["state"] == "error" and run["reason"] == "cancelled (SIGTERM)", "the hung post did not starve the report"
     assert not any(alive(p) for p in workers(state).values() if p != proc.pid)
