@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.logs_view import supervisor_alive
-from supervisor.run_lock import run_locked
+from supervisor.run_lock import lock_to_remove, run_locked
 from workers.run_processes import RunProcesses
 
 
@@ -85,9 +85,15 @@ def remove(item: Prunable) -> str | None:
     processes running must have had them ended first (its record is gone)."""
     if item.left_running and left_running(item.folders[0]):
         return "the processes its bootstrap left running could not be ended"
-    for folder in item.folders:
-        try:
-            shutil.rmtree(folder)
-        except OSError as exc:
-            return f"{folder}: {exc.strerror or exc}"
-    return None
+    lock = lock_to_remove(item.folders[0])
+    if lock is None:
+        return "it was started again meanwhile"
+    try:
+        for folder in item.folders:
+            try:
+                shutil.rmtree(folder)
+            except OSError as exc:
+                return f"{folder}: {exc.strerror or exc}"
+        return None
+    finally:
+        os.close(lock)

@@ -34,7 +34,6 @@ def hold_run(state_dir: Path, run_id: str, wait: float, say: Callable[[str], Non
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 os.close(fd)
@@ -45,6 +44,12 @@ def hold_run(state_dir: Path, run_id: str, wait: float, say: Callable[[str], Non
                 say(f"run {run_id}: waiting up to {wait:g} s for an earlier bootstrap of this run to end")
                 waited = True
             time.sleep(_RETRY_EVERY)
+            continue
+        if os.fstat(fd).st_nlink == 0:  # `prune` removed the folder meanwhile (it holds the lock to do so)
+            os.close(fd)
+            raise ConfigError(f"run {run_id}'s state folder {state_dir} was removed (by prune?) while this "
+                              "start began; start it again")
+        return fd
 
 
 def run_locked(state_dir: Path) -> bool:
@@ -60,3 +65,20 @@ def run_locked(state_dir: Path) -> bool:
     finally:
         os.close(fd)  # frees the shared lock taken just to look
     return False
+
+
+def lock_to_remove(state_dir: Path) -> int | None:
+    """The run's lock, for removing its folder; None while anything of the run
+    holds it. Kept until the folder is gone: a start that opened the lock file
+    meanwhile then finds it removed (`hold_run`), instead of going on in a
+    folder that is no more."""
+    try:
+        fd = open_private(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -97,3 +97,35 @@ def test_bash_completion_completes_commands(env: Env, tmp_path: Path) -> None:
     done = subprocess.run([bash, "-c", test], env={**env.vars, "PATH": f"{tmp_path}:{env.vars['PATH']}"},
                           capture_output=True, text=True, timeout=60)
     assert "doctor" in done.stdout.split(), done.stdout + done.stderr
+
+
+def test_a_start_that_meets_prune_removing_its_folder_says_so(tmp_path: Path) -> None:
+    # prune holds the run's lock while it removes the folder; a start that
+    # opened the lock file meanwhile must not go on in a folder that is gone.
+    import shutil
+    import threading
+
+    from supervisor.run_lock import hold_run, lock_to_remove
+    from workers.common.errors import ConfigError
+
+    state = tmp_path / "state" / "r1"
+    state.mkdir(parents=True)
+    lock = lock_to_remove(state)
+    assert lock is not None
+    outcome: list[BaseException | int] = []
+    waiting = threading.Event()
+
+    def start() -> None:
+        try:
+            outcome.append(hold_run(state, "r1", 30, lambda line: waiting.set()))
+        except ConfigError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    assert waiting.wait(30), "the start never waited for the lock"
+    shutil.rmtree(state)
+    os.close(lock)
+    thread.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], ConfigError), outcome
+    assert "was removed (by prune?)" in str(outcome[0])
