@@ -30,6 +30,10 @@ def test_classify_exit() -> None:
     assert classify_exit(-15, cancelling=True).post_reason == "cancelled (SIGTERM)"
     assert classify_exit(143, cancelling=True).state == states.CANCELLED
     assert classify_exit(143, cancelling=True).post_reason is None
+    # A supervisor stopped by SIGHUP/SIGQUIT reported its run cancelled itself.
+    for code, name in ((129, "SIGHUP"), (131, "SIGQUIT")):
+        hung_up = classify_exit(code, cancelling=False)
+        assert (hung_up.state, hung_up.result, hung_up.post_reason) == (states.CANCELLED, f"cancelled ({name})", None)
     assert classify_exit(77, cancelling=False).status == 1
     # 70: the supervisor failed and could not report the run; the pool reports it.
     unreported = classify_exit(70, cancelling=False)

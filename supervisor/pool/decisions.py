@@ -49,6 +49,11 @@ class Outcome:
     post_reason: str | None = None
 
 
+# The signals a supervisor stops on, reporting the run cancelled (supervisor.signals):
+# it exits 128 + the signal (130/143, and 129/131 for SIGHUP/SIGQUIT).
+_CANCELLING = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT})
+
+
 def classify_exit(returncode: int, *, cancelling: bool) -> Outcome:
     """Map a single-run supervisor's exit status (README: Exit status) to an outcome."""
     if returncode == EXIT_OK:
@@ -66,8 +71,8 @@ def classify_exit(returncode: int, *, cancelling: bool) -> Outcome:
         return Outcome(states.ERROR, f"bootstrap failed and could not report the run (exit {EXIT_UNREPORTED})",
                        EXIT_RUN_ERROR, post_reason="bootstrap failed: its supervisor could not report the run "
                        "(see crash.log or pool-output.log in the run's state folder)")
-    if returncode in (EXIT_SIGINT, EXIT_SIGTERM):
-        name = "SIGINT" if returncode == EXIT_SIGINT else "SIGTERM"
+    if returncode - 128 in _CANCELLING:
+        name = signal_name(returncode - 128)
         # Cancelled by someone else than the pool: for the pool it is a run that failed.
         return Outcome(states.CANCELLED, f"cancelled ({name})", EXIT_OK if cancelling else EXIT_RUN_ERROR)
     if returncode < 0:
