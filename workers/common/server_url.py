@@ -90,5 +90,5 @@ def _dns_problem(host: str) -> str | None:
         if len(label) > MAX_LABEL:
             return f"the host name has a label of {len(label)} characters; at most {MAX_LABEL}"
         if not _LABEL.fullmatch(label):
-            return f"host {host!r} is not a host name (letters, digits, '-' and '.' only)"
+            return f"host {host!r} is not a host name (letters, digits, '-', '_' and '.' only)"
     return None
