@@ -351,6 +351,30 @@ def test_code_is_committed_and_pushed_to_the_run_branch(env: Env, backend: Local
     assert gh_token not in git("remote", "-v", cwd=ws)
 
 
+def fetch_answers(body: bytes, post_status: int, posted: list[tuple[str, bytes]]) -> type[BaseHTTPRequestHandler]:
+    """A backend that answers the fetch 200 with `body`, every POST with
+    `post_status`, and keeps what was posted."""
+
+    class Answers(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._answer(200, body)
+
+        def do_POST(self) -> None:
+            posted.append((self.path, self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+            self._answer(post_status, b"{}")
+
+        def _answer(self, status: int, data: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Answers
+
+
 @pytest.mark.parametrize(("body", "words"), [
     (b'{"payload": {"prompt": 5}}', 'expected {"payload": {"prompt"'),
     (b"\xff\xfe not json", "not JSON"),
@@ -360,25 +384,7 @@ def test_a_200_answer_that_is_no_payload_still_gets_the_runs_error_report(env: E
     # The backend answered the fetch, so it may hold the run as claimed: the
     # run must end with its one terminal report, not leave it claimed forever.
     posted: list[tuple[str, bytes]] = []
-
-    class Answers(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self._answer(body)
-
-        def do_POST(self) -> None:
-            posted.append((self.path, self.rfile.read(int(self.headers.get("Content-Length") or 0))))
-            self._answer(b"{}")
-
-        def _answer(self, data: bytes) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with serving(Answers) as url:
+    with serving(fetch_answers(body, 200, posted)) as url:
         result = env.run("--run-id", "r1", "--config", str(env.config()), "--server", url,
                          extra={"FLYWHEEL_RUN_TOKEN": "tok-secret-123"})
     assert result.returncode == 1, result.stderr
@@ -392,32 +398,14 @@ def test_a_200_answer_that_is_no_payload_still_gets_the_runs_error_report(env: E
 def test_a_no_payload_run_whose_report_fails_too_asks_its_starter_to_report_it(env: Env) -> None:
     # Exit 70 is what the --runs pool reports a run for; the password of
     # --server is in neither the message nor the report.
-    posted: list[bytes] = []
-
-    class Answers(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self._answer(200, b"not json")
-
-        def do_POST(self) -> None:
-            posted.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            self._answer(500, b"{}")
-
-        def _answer(self, status: int, data: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with serving(Answers) as url:
+    posted: list[tuple[str, bytes]] = []
+    with serving(fetch_answers(b"not json", 500, posted)) as url:
         result = env.run("--run-id", "r1", "--config", str(env.config()), "--server",
                          url.replace("http://", "http://alice:hunter2pw@"),
                          extra={"FLYWHEEL_RUN_TOKEN": "tok-secret-123", "FLYWHEEL_TIMING_FLUSH_TIMEOUT": "1"})
     assert result.returncode == 70, result.stderr
     assert "could not report it either (HTTP 500)" in result.stderr
-    assert posted and not any(b"hunter2pw" in body for body in posted)
+    assert posted and not any(b"hunter2pw" in body for _, body in posted)
     assert "hunter2pw" not in result.stderr
 
 
